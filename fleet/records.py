@@ -1,0 +1,178 @@
+"""Grasp attempt records, and their one byte encoding.
+
+An attempt is what a robot_node records from one grasp: every servo step's camera image (JPEG),
+end-effector pose, commanded motion and gripper reading, then the label from the gripper's own
+reading, and, in simulation only, the simulator's ground truth (kept apart from the label: it is
+for evaluation, never for training).
+
+The same encoding is used for the robot's local spool file and for the upload on the wire, so an
+attempt is serialised exactly once: a msgpack header (everything but the images) followed by one
+raw frame per JPEG. Nothing here is ever unpickled.
+
+Units: metres, radians, seconds; poses are (x, y, z, qx, qy, qz, qw) in the arm's base frame;
+motions are (dx, dy, dz, dyaw) in the base frame; gripper readings are the finger opening in m.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import msgpack
+
+RECORD_VERSION = 1
+
+#: Outcomes. "aborted" means the attempt failed to run (a timeout, an e-stop): it is not a grasp
+#: failure and must never be trained on as one.
+OUTCOMES = ("success", "failure", "aborted")
+
+
+class RecordError(ValueError):
+    """An attempt (from a file or the network) is malformed; the message names the field."""
+
+
+@dataclass
+class Step:
+    """One servo step: what the camera saw before the motion, and what was commanded."""
+
+    image_jpeg: bytes
+    ee_pose: tuple[float, ...]  # (x, y, z, qx, qy, qz, qw), m, base frame
+    motion: tuple[float, ...]  # commanded (dx, dy, dz, dyaw), m and rad, base frame
+    gripper: float  # finger opening, m
+    stamp: float  # seconds (the robot's clock: sim time on a simulated arm)
+
+
+@dataclass
+class Attempt:
+    """One grasp attempt, labelled by the gripper's own reading."""
+
+    robot_id: str
+    policy_version: int  # 0 = no trained policy (exploration only)
+    policy_kind: str  # "random", "scripted", "cem", ...
+    steps: list[Step]
+    outcome: str  # one of OUTCOMES
+    final_pose: tuple[float, ...]  # ee pose when the gripper closed
+    gripper_after_lift: float  # finger opening after closing and lifting, m
+    started_at: float  # unix seconds
+    ended_at: float  # unix seconds
+    image_height: int = 64
+    image_width: int = 64
+    attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ground_truth: Optional[dict[str, Any]] = None  # simulation only; evaluation only
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> Optional[bool]:
+        """True/False for a grasp that ran; None for an aborted attempt."""
+        if self.outcome == "aborted":
+            return None
+        return self.outcome == "success"
+
+    def jpeg_bytes(self) -> int:
+        return sum(len(s.image_jpeg) for s in self.steps)
+
+
+def _floats(value: Any, n: int, name: str) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        raise RecordError(f"{name} must be a list of {n} numbers, got {value!r:.80}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise RecordError(f"{name} must hold finite numbers, got {value!r:.80}")
+        out.append(float(v))
+    return tuple(out)
+
+
+def header_of(attempt: Attempt) -> dict[str, Any]:
+    """The attempt without its images, as plain msgpack-able values."""
+    return {
+        "record_version": RECORD_VERSION,
+        "attempt_id": attempt.attempt_id,
+        "robot_id": attempt.robot_id,
+        "policy_version": attempt.policy_version,
+        "policy_kind": attempt.policy_kind,
+        "outcome": attempt.outcome,
+        "final_pose": list(attempt.final_pose),
+        "gripper_after_lift": attempt.gripper_after_lift,
+        "started_at": attempt.started_at,
+        "ended_at": attempt.ended_at,
+        "image_height": attempt.image_height,
+        "image_width": attempt.image_width,
+        "ground_truth": attempt.ground_truth,
+        "extra": attempt.extra,
+        "steps": [
+            {"ee_pose": list(s.ee_pose), "motion": list(s.motion), "gripper": s.gripper,
+             "stamp": s.stamp}
+            for s in attempt.steps
+        ],
+    }
+
+
+def encode(attempt: Attempt) -> list[bytes]:
+    """Frames: [msgpack header, jpeg of step 0, jpeg of step 1, ...]."""
+    header = msgpack.packb(header_of(attempt), use_bin_type=True)
+    return [header] + [s.image_jpeg for s in attempt.steps]
+
+
+def decode(frames: list[bytes], max_steps: int = 1000) -> Attempt:
+    """Inverse of encode(); validates every field and raises RecordError naming the bad one."""
+    if not frames:
+        raise RecordError("an attempt needs at least its header frame")
+    try:
+        h = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise RecordError(f"attempt header is not valid msgpack: {exc}") from None
+    if not isinstance(h, dict):
+        raise RecordError("attempt header must be a map")
+    if h.get("record_version") != RECORD_VERSION:
+        raise RecordError(
+            f"record_version {h.get('record_version')!r} is not supported (this build reads "
+            f"{RECORD_VERSION}); upgrade the older side")
+    steps_h = h.get("steps")
+    if not isinstance(steps_h, list):
+        raise RecordError("steps must be a list")
+    if len(steps_h) > max_steps:
+        raise RecordError(f"{len(steps_h)} steps is over the limit of {max_steps}")
+    if len(frames) != 1 + len(steps_h):
+        raise RecordError(
+            f"header lists {len(steps_h)} steps but {len(frames) - 1} image frames came")
+    for key, typ in (("attempt_id", str), ("robot_id", str), ("policy_kind", str),
+                     ("outcome", str)):
+        if not isinstance(h.get(key), typ) or not h[key] or len(h[key]) > 128:
+            raise RecordError(f"{key} must be a non-empty string of at most 128 characters")
+    if h["outcome"] not in OUTCOMES:
+        raise RecordError(f"outcome must be one of {OUTCOMES}, got {h['outcome']!r}")
+    for key in ("policy_version", "image_height", "image_width"):
+        if isinstance(h.get(key), bool) or not isinstance(h.get(key), int) or h[key] < 0:
+            raise RecordError(f"{key} must be a non-negative integer")
+    if h["image_height"] > 4096 or h["image_width"] > 4096:
+        raise RecordError("image size over 4096 pixels")
+    (gripper_after_lift,) = _floats([h.get("gripper_after_lift")], 1, "gripper_after_lift")
+    started_at, ended_at = _floats([h.get("started_at"), h.get("ended_at")], 2, "timestamps")
+    gt = h.get("ground_truth")
+    if gt is not None and not isinstance(gt, dict):
+        raise RecordError("ground_truth must be a map or null")
+    extra = h.get("extra", {})
+    if not isinstance(extra, dict):
+        raise RecordError("extra must be a map")
+    steps = []
+    for i, (sh, jpeg) in enumerate(zip(steps_h, frames[1:])):
+        if not isinstance(sh, dict):
+            raise RecordError(f"step {i} must be a map")
+        if not jpeg[:2] == b"\xff\xd8":
+            raise RecordError(f"step {i} image is not a JPEG (no SOI marker)")
+        (gripper,) = _floats([sh.get("gripper")], 1, f"step {i} gripper")
+        (stamp,) = _floats([sh.get("stamp")], 1, f"step {i} stamp")
+        steps.append(Step(
+            image_jpeg=bytes(jpeg),
+            ee_pose=_floats(sh.get("ee_pose"), 7, f"step {i} ee_pose"),
+            motion=_floats(sh.get("motion"), 4, f"step {i} motion"),
+            gripper=gripper, stamp=stamp))
+    return Attempt(
+        attempt_id=h["attempt_id"], robot_id=h["robot_id"],
+        policy_version=h["policy_version"], policy_kind=h["policy_kind"], steps=steps,
+        outcome=h["outcome"], final_pose=_floats(h.get("final_pose"), 7, "final_pose"),
+        gripper_after_lift=gripper_after_lift, started_at=started_at, ended_at=ended_at,
+        image_height=h["image_height"], image_width=h["image_width"], ground_truth=gt,
+        extra=extra)

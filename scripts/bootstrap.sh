@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv at the repo root and install fleet with everything it needs:
+# ROS 2 Kilted wheels, torch==2.13.0 (CPU build), PyBullet, OpenCV, pyzmq, test tools.
+# Re-installs only when pyproject.toml or this script changed since the last install.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null 2>&1 || python=python3
+if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))'; then
+    echo "fleet needs Python 3.11 or newer; '$python' is $("$python" --version 2>&1)." >&2
+    echo "Set PYTHON=/path/to/python3.11 and run again." >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    echo "[bootstrap] creating .venv with $("$python" --version)"
+    "$python" -m venv .venv
+fi
+stamp=.venv/.fleet-install-stamp
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "[bootstrap] installing fleet and its dependencies into .venv (about 2 minutes the first time)"
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    # torch is pinned in pyproject.toml; an unpinned torch would pull a multi-GB CUDA build.
+    .venv/bin/python -m pip install --quiet -e ".[ros,sim,dev]"
+    echo "$want" > "$stamp"
+fi

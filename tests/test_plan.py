@@ -1,0 +1,48 @@
+"""The process plan computed from config/arms.yaml: what `fleet sim` and arms.launch.py start."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.plan import CONFIG_DIR, PlanError, load_arms, node_plan
+
+
+def test_default_config_plans_a_sim_arm_and_robot_node_per_arm() -> None:
+    arms = load_arms(CONFIG_DIR / "arms.yaml", count=3)
+    assert [a.name for a in arms] == ["arm1", "arm2", "arm3"]
+    assert len({a.seed for a in arms}) == 3, "each simulated arm needs its own seed"
+    nodes = node_plan(arms)
+    assert [n.label for n in nodes] == ["arm1/sim_arm", "arm1/robot_node", "arm2/sim_arm",
+                                        "arm2/robot_node", "arm3/sim_arm", "arm3/robot_node"]
+    sim = nodes[0]
+    argv = sim.argv("python")
+    assert argv[:3] == ["python", "-m", "sim_bridge.node"]
+    ros = argv[3:]
+    assert ros[0] == "--ros-args"
+    assert "__ns:=/arm1" in ros and "/clock:=/arm1/clock" in ros
+    assert "split:='train'" in ros and "image_width:=64" in ros
+
+
+def test_real_arms_have_no_sim_and_no_clock_remap() -> None:
+    nodes = node_plan(load_arms(CONFIG_DIR / "arms.yaml", names=["left", "right"], sim=False))
+    assert [n.label for n in nodes] == ["left/robot_node", "right/robot_node"]
+    assert all(not n.remappings for n in nodes)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("arms: {names: []}", "arms.names is empty"),
+    ("arms: {names: [a1], defaults: {colour: red}}", "unknown arm settings"),
+    ("arms: {names: [arm-1]}", "must be a ROS name"),
+    ("arms: {names: [a1, a1]}", "unique"),
+])
+def test_bad_config_is_explained(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "arms.yaml"
+    path.write_text(text)
+    with pytest.raises(PlanError, match=message):
+        node_plan(load_arms(path))
+
+
+def test_missing_config_names_the_default(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="no such arms file"):
+        load_arms(tmp_path / "nope.yaml")
