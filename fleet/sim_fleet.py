@@ -39,7 +39,7 @@ def ros_env(domain_id: int) -> dict[str, str]:
     """DDS confined to loopback and to this fleet's domain."""
     return {
         "ROS_DOMAIN_ID": str(domain_id),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
         "FASTDDS_DEFAULT_PROFILES_FILE": str(CONFIG_DIR / "fastdds-loopback.xml"),
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
         "PYTHONUNBUFFERED": "1",
