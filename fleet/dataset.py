@@ -1,0 +1,263 @@
+"""From the episode store to training tensors: the split, the targets, the worker-side stream.
+
+- The train/validation split is by attempt, never by step: an attempt is in validation iff a
+  hash of its id falls under `val_fraction` (`is_validation`). Steps of one attempt share the
+  image of one scene and one label, so splitting by step would leak the label into validation.
+  The hash is stable, so the split never changes as the store grows or the learner restarts.
+- The Levine et al. 2016 target of step t is the motion from where the gripper is to where it
+  closed, v = p_T - p_t, as (dx, dy, dz, dyaw) in the base frame (`grasp_motions`).
+- `StoreBatches` is the DataLoader's IterableDataset. Each worker process opens its own
+  StoreReader, samples steps, and runs the learner's `collate` (JPEG decoding with cv2) off the
+  training thread. Batches are drawn in blocks of `block_batches` (one store read serves many
+  batches: the reader's cost is per Parquet row group touched, not per sample); block b of rank
+  r comes from an RNG seeded by (seed, r, b) alone, and batch k is slice k % block_batches of
+  block k // block_batches. So the data position is just the step count: a resumed learner
+  draws exactly the batches an uninterrupted one would have (on the same store contents), and
+  ranks draw different data.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fleet.records import Attempt
+from fleet.store_reader import StepSample, StoreReader
+
+log = logging.getLogger(__name__)
+
+Collate = Callable[[Sequence[StepSample]], dict[str, torch.Tensor]]
+
+
+# -- the split and the targets --------------------------------------------------------------------
+
+def is_validation(attempt_id: str, val_fraction: float) -> bool:
+    """True for the attempts held out for validation (a stable hash of the id)."""
+    h = int.from_bytes(hashlib.blake2b(attempt_id.encode(), digest_size=8).digest(), "big")
+    return h / 2.0**64 < val_fraction
+
+
+def quaternion_yaw(q: np.ndarray) -> np.ndarray:
+    """Yaw (rotation about base z) of (..., 4) quaternions (qx, qy, qz, qw)."""
+    qx, qy, qz, qw = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return np.arctan2(2.0 * (qw * qz + qx * qy), 1.0 - 2.0 * (qy * qy + qz * qz))
+
+
+def grasp_motions(ee_poses: np.ndarray, final_poses: np.ndarray) -> np.ndarray:
+    """(N, 7) poses now and at closing -> (N, 4) float32 (dx, dy, dz, dyaw), dyaw in (-pi, pi]."""
+    ee = np.asarray(ee_poses, dtype=np.float64).reshape(-1, 7)
+    fin = np.asarray(final_poses, dtype=np.float64).reshape(-1, 7)
+    dyaw = quaternion_yaw(fin[:, 3:]) - quaternion_yaw(ee[:, 3:])
+    dyaw = -((-dyaw + math.pi) % (2 * math.pi) - math.pi)  # wrap to (-pi, pi]
+    return np.concatenate([fin[:, :3] - ee[:, :3], dyaw[:, None]], 1).astype(np.float32)
+
+
+def decode_rgb(jpeg: bytes, height: int, width: int) -> np.ndarray:
+    """A stored JPEG (written by cv2 from RGB) -> (H, W, 3) uint8 RGB, resized if it differs."""
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("a stored step image is not a decodable JPEG")
+    if bgr.shape[:2] != (height, width):
+        bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def samples_of_attempt(attempt: Attempt) -> list[StepSample]:
+    """Every step of a stored attempt as StepSamples (what validation evaluates on)."""
+    final = np.asarray(attempt.final_pose, dtype=np.float64)
+    return [StepSample(image_jpeg=s.image_jpeg, ee_pose=np.asarray(s.ee_pose),
+                       motion=np.asarray(s.motion), final_pose=final,
+                       label=bool(attempt.label), attempt_id=attempt.attempt_id,
+                       robot_id=attempt.robot_id, policy_version=attempt.policy_version,
+                       step=i, num_steps=len(attempt.steps), gripper=s.gripper, stamp=s.stamp)
+            for i, s in enumerate(attempt.steps)]
+
+
+def labelled_attempt_counts(reader: StoreReader, val_fraction: float) -> tuple[int, int]:
+    """(training, validation) attempts that have a label and at least one step."""
+    t = reader.attempts()
+    ids = t["attempt_id"].to_pylist()
+    ok = [lab is not None and n > 0
+          for lab, n in zip(t["label"].to_pylist(), t["num_steps"].to_pylist())]
+    val = sum(1 for i, good in zip(ids, ok) if good and is_validation(i, val_fraction))
+    return sum(ok) - val, val
+
+
+# -- the training stream (runs in DataLoader workers) ----------------------------------------------
+
+def worker_init(_worker_id: int) -> None:
+    """Workers decode with one thread each and leave Ctrl-C to the training process, which
+    checkpoints and then shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+class StoreBatches(IterableDataset):
+    """An endless stream of training batches for one rank, drawn from the store.
+
+    Yields batch start_batch, start_batch + 1, ... in order (the DataLoader round-robins over
+    workers, worker w producing the batches k with (k - start_batch) % num_workers == w).
+    """
+
+    def __init__(self, root: Path, collate: Collate, batch_size: int, *, seed: int, rank: int,
+                 start_batch: int, val_fraction: float, recent_weight: float = 0.0,
+                 refresh_seconds: float = 5.0, cache_bytes: int = 128 * 2**20,
+                 block_batches: int = 8) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.collate = collate
+        self.batch_size = batch_size
+        self.seed, self.rank, self.start_batch = seed, rank, start_batch
+        self.val_fraction = val_fraction
+        self.recent_weight = recent_weight
+        self.refresh_seconds = refresh_seconds
+        self.cache_bytes = cache_bytes
+        self.block_batches = block_batches
+        self._block: tuple[int, list[StepSample]] = (-1, [])
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        reader = StoreReader(self.root, cache_bytes=self.cache_bytes)
+        refreshed = time.monotonic()
+        k = self.start_batch + worker
+        try:
+            while True:
+                if time.monotonic() - refreshed > self.refresh_seconds:
+                    reader.refresh()
+                    refreshed = time.monotonic()
+                yield pack_batch(self.collate(self.training_steps(reader, k)))
+                k += workers
+        finally:
+            reader.close()
+
+    def training_steps(self, reader: StoreReader, k: int) -> list[StepSample]:
+        """The steps of batch k (a slice of its block; the block is drawn once per worker)."""
+        block, offset = divmod(k, self.block_batches)
+        if self._block[0] != block:
+            self._block = (block, self._draw_block(reader, block))
+        return self._block[1][offset * self.batch_size:(offset + 1) * self.batch_size]
+
+    def _draw_block(self, reader: StoreReader, block: int) -> list[StepSample]:
+        """block_batches * batch_size steps sampled from the store, validation rejected."""
+        rng = np.random.default_rng([self.seed, self.rank, block])
+        keep: list[StepSample] = []
+        want = self.batch_size * self.block_batches
+        draw = int(want / max(1e-3, 1.0 - self.val_fraction) * 1.1) + 8
+        for tries in range(1000):
+            for s in reader.sample_steps(draw, rng, self.recent_weight):
+                if not is_validation(s.attempt_id, self.val_fraction):
+                    keep.append(s)
+                    if len(keep) == want:
+                        return keep
+            if tries % 50 == 49:  # everything stored so far is validation data: wait for more
+                log.warning("store %s: only validation attempts so far; waiting for more",
+                            self.root)
+                time.sleep(1.0)
+                reader.refresh()
+        raise RuntimeError(f"store {self.root} has no training attempts (all are held out for "
+                           f"validation); lower val_fraction or collect more attempts")
+
+
+Packed = tuple[torch.Tensor, list[tuple[str, torch.dtype, tuple[int, ...], int, int]]]
+
+
+def pack_batch(batch: dict[str, torch.Tensor]) -> Packed:
+    """One uint8 buffer holding every tensor of a batch, and where each one lies in it.
+
+    Each tensor a worker hands over costs a shared-memory file, a descriptor passed over a
+    socket and an mmap in the training process; one buffer instead of three cut that cost
+    (several ms a batch on a busy 2-core machine, measured with benchmarks/learner_pipeline.py).
+    """
+    layout, offset = [], 0
+    for name, t in batch.items():
+        n = t.numel() * t.element_size()
+        layout.append((name, t.dtype, tuple(t.shape), offset, n))
+        offset += -(-n // 16) * 16  # 16-byte aligned, so every dtype can be viewed in place
+    buf = torch.empty(offset, dtype=torch.uint8)
+    for name, _, _, off, n in layout:
+        buf[off:off + n] = batch[name].contiguous().reshape(-1).view(torch.uint8)
+    return buf, layout
+
+
+def unpack_batch(packed: Packed) -> dict[str, torch.Tensor]:
+    """Views into the buffer (no copy)."""
+    buf, layout = packed
+    return {name: buf[off:off + n].view(dtype).view(shape)
+            for name, dtype, shape, off, n in layout}
+
+
+def _as_is(x: Packed) -> Packed:
+    return x
+
+
+def stream_batches(batches: StoreBatches, workers: int, prefetch: int = 4,
+                   pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches from `workers` DataLoader worker processes (0: this process), in order.
+
+    Closing the generator (or dropping it) shuts the workers down.
+    """
+    extra = {"prefetch_factor": prefetch} if workers else {}
+    loader = DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                        worker_init_fn=worker_init, pin_memory=pin_memory, **extra)
+    for packed in loader:
+        yield unpack_batch(packed)
+
+
+# -- the validation set (main process, rank 0) ----------------------------------------------------
+
+class ValidationSet:
+    """Every step of the first `max_attempts` validation attempts in store order, collated once.
+
+    Store order only grows, so the set grows until the cap and then stays fixed: the candidate
+    and the policy in service are always compared on the same examples.
+    """
+
+    def __init__(self, reader: StoreReader, collate: Collate, val_fraction: float,
+                 max_attempts: int, batch_size: int) -> None:
+        self.reader = reader
+        self.collate = collate
+        self.val_fraction = val_fraction
+        self.max_attempts = max_attempts
+        self.batch_size = batch_size
+        self.attempt_ids: list[str] = []
+        self._pending: list[StepSample] = []
+        self._batches: list[dict[str, torch.Tensor]] = []
+        self.examples = 0
+
+    def update(self) -> int:
+        """Add validation attempts stored since the last call (reader already refreshed)."""
+        if len(self.attempt_ids) >= self.max_attempts:
+            return 0
+        t = self.reader.attempts()
+        known = set(self.attempt_ids)
+        added = 0
+        for aid, label, n in zip(t["attempt_id"].to_pylist(), t["label"].to_pylist(),
+                                 t["num_steps"].to_pylist()):
+            if len(self.attempt_ids) >= self.max_attempts:
+                break
+            if label is None or n == 0 or aid in known or not is_validation(aid,
+                                                                            self.val_fraction):
+                continue
+            self._pending.extend(samples_of_attempt(self.reader.read_attempt(aid)))
+            self.attempt_ids.append(aid)
+            added += 1
+        while self._pending:
+            chunk, self._pending = (self._pending[:self.batch_size],
+                                    self._pending[self.batch_size:])
+            self._batches.append(self.collate(chunk))
+            self.examples += len(chunk)
+        return added
+
+    def batches(self) -> list[dict[str, torch.Tensor]]:
+        return list(self._batches)

@@ -1,0 +1,205 @@
+"""The learner: trains the shared grasp network on the fleet's data and publishes policies.
+
+Levine et al. 2016, supervised: every step t of every stored, labelled attempt is an example
+(I_t, v = p_T - p_t, label), trained with binary cross-entropy on g(I_t, v)'s logit. It runs
+beside the fleet, forever or for --steps: worker processes sample the store (picking up new
+attempts as they are rolled into shards) and decode the JPEGs; every `cycle_every_steps` steps
+or `cycle_every_seconds` seconds rank 0 validates, checkpoints, and publishes policy v<N+1>
+unless it is worse on validation than the policy in service. docs/learner.md has the details.
+
+    python -m fleet.learner --data STORE --out RUN [--steps N] [--batch-size 64] ...
+    torchrun --standalone --nproc_per_node 2 -m fleet.learner --data STORE --out RUN ...
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fleet.bundle import BundleMeta
+from fleet.dataset import decode_rgb, grasp_motions
+from fleet.learner_api import Batch, Learner, PublishFn, binary_metrics
+from fleet.network import GraspSuccessNet, NetworkConfig, encode_motions
+from fleet.store_reader import StepSample
+
+log = logging.getLogger("fleet.learner")
+
+
+@dataclass
+class LearnerConfig:
+    """Every hyperparameter and setting of a learner run (each is a --flag of the CLI)."""
+
+    data: Path  # the episode store directory (the data server's --data)
+    out: Path  # run directory: checkpoint, policies/, tensorboard/
+    steps: Optional[int] = None  # stop at this total step count; None = run beside the fleet
+    batch_size: int = 64  # per rank
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    seed: int = 0  # network init, and data order (which also depends on the rank)
+    workers: int = 1  # DataLoader worker processes per rank (0: load in the training process)
+    prefetch: int = 4  # batches each worker prepares ahead
+    threads: int = 1  # torch intra-op threads of the training process
+    device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto"
+    image_size: int = 64  # network input side, px (must match the robots' camera setting)
+    val_fraction: float = 0.1  # share of attempts (by a hash of their id) held out
+    val_max_attempts: int = 200  # validation set: the first this many held-out attempts
+    recent_weight: float = 0.0  # >0 favours newer attempts (see StoreReader.sample_steps)
+    min_attempts: int = 50  # labelled attempts stored before the first training step
+    cycle_every_steps: int = 500  # validate + checkpoint + maybe publish this often...
+    cycle_every_seconds: float = 300.0  # ...or at least this often
+    publish_tolerance: float = 0.0  # publish if val loss <= in-service val loss * (1 + this)
+    log_every_steps: int = 50
+    refresh_seconds: float = 5.0  # how often workers look for new shards
+    poll_seconds: float = 2.0  # how often to re-check the store while waiting for min_attempts
+    tensorboard: bool = True
+    logdir: Optional[Path] = None  # default <out>/tensorboard
+    progress: bool = True  # a progress bar for finite runs on a terminal
+
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        if self.batch_size < 1 or self.workers < 0 or self.threads < 1:
+            raise ValueError("batch_size and threads must be >= 1, workers >= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.cycle_every_steps < 1 or self.cycle_every_seconds <= 0:
+            raise ValueError("cycle_every_steps must be >= 1 and cycle_every_seconds > 0")
+        if self.steps is not None and self.steps < 0:
+            raise ValueError("steps must be >= 0")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+# -- the method: Levine et al. 2016 supervised grasp success prediction ---------------------------
+
+@dataclass(frozen=True)
+class LevineCollate:
+    """StepSamples -> {"image": uint8 (B,3,H,W), "motion": (B,5), "label": (B,)}. Picklable;
+    runs in workers. Images stay uint8 until the training process (4x less to pass along)."""
+
+    height: int
+    width: int
+    motion_scale: float
+
+    def __call__(self, samples: Sequence[StepSample]) -> Batch:
+        images = np.stack([decode_rgb(s.image_jpeg, self.height, self.width) for s in samples])
+        motions = grasp_motions(np.stack([s.ee_pose for s in samples]),
+                                np.stack([s.final_pose for s in samples]))
+        return {"image": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+                "motion": encode_motions(motions, self.motion_scale),
+                "label": torch.tensor([float(s.label) for s in samples])}
+
+
+class LevineLearner:
+    """The grasp success network g(I, v), Adam, BCE with logits. Implements learner_api.Learner."""
+
+    name = "levine2016_supervised"
+
+    def __init__(self, network: NetworkConfig, lr: float, weight_decay: float,
+                 device: torch.device) -> None:
+        self.device = device
+        self.net = GraspSuccessNet(network).to(device)
+        self.model: nn.Module = self.net
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr,
+                                          weight_decay=weight_decay)
+        self.collate = LevineCollate(network.image_height, network.image_width,
+                                     network.motion_scale)
+        self._window: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+
+    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.device
+        return (batch["image"].to(d, non_blocking=True).float().div_(255.0),
+                batch["motion"].to(d, non_blocking=True), batch["label"].to(d, non_blocking=True))
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        self.model.train()
+        image, motion, label = self._inputs(batch)
+        logits = self.model(image, motion)
+        loss = F.binary_cross_entropy_with_logits(logits, label)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        value = float(loss.detach())
+        self._window.append((logits.detach().cpu(), label.cpu(), value))
+        return {"loss": value}
+
+    def train_metrics(self) -> dict[str, float]:
+        if not self._window:
+            return {}
+        logits = torch.cat([w[0] for w in self._window]).numpy()
+        labels = torch.cat([w[1] for w in self._window]).numpy()
+        loss = float(np.mean([w[2] for w in self._window]))
+        self._window.clear()
+        return binary_metrics(logits, labels, loss)
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[Batch],
+                 model: Optional[nn.Module] = None) -> dict[str, float]:
+        model = (model or self.net).to(self.device)
+        was_training = model.training
+        model.eval()
+        total, logits_all, labels_all = 0.0, [], []
+        for batch in batches:
+            image, motion, label = self._inputs(batch)
+            logits = model(image, motion)
+            total += float(F.binary_cross_entropy_with_logits(logits, label, reduction="sum"))
+            logits_all.append(logits.cpu())
+            labels_all.append(label.cpu())
+        model.train(was_training)
+        if not labels_all:
+            return {"loss": float("nan"), "examples": 0.0}
+        logits, labels = torch.cat(logits_all).numpy(), torch.cat(labels_all).numpy()
+        return binary_metrics(logits, labels, total / len(labels))
+
+    def network(self) -> nn.Module:
+        return self.net
+
+    def wrap_distributed(self) -> None:
+        ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"network": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def parameter_checksum(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer, in name order (equal iff bit-identical)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(config: LearnerConfig, publish_fn: Optional[PublishFn] = None,
+        learner: Optional[Learner] = None) -> dict[str, Any]:
+    """Train until config.steps (or a signal); see fleet/learner_loop.py. Returns a summary."""
+    from fleet.learner_loop import LearnerRun
+    return LearnerRun(config, publish_fn, learner).run()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m fleet.learner ...` / `fleet learn ...`: parse flags, train, exit code."""
+    from fleet.learner_loop import main as _main
+    return _main(argv)
+
+
+__all__ = ["BundleMeta", "LearnerConfig", "LevineCollate", "LevineLearner", "Learner",
+           "PublishFn", "main", "parameter_checksum", "run"]
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,393 @@
+"""The learner's machinery: data loading, DDP, the train/validate/publish cycle, signals, CLI.
+
+It drives any `fleet.learner_api.Learner` (default: fleet.learner.LevineLearner). Rank 0 alone
+validates, checkpoints and publishes; every rank trains on its own stream of batches. All ranks
+agree every step on whether to stop (an all-reduce of a flag), so a signal delivered to one
+rank stops all of them at the same step, and rank 0 checkpoints that step before exiting.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from fleet.bundle import load_bundle
+from fleet.checkpoint import (CheckpointError, atomic_write_json, bundle_dir, load_checkpoint,
+                              read_pointer, save_checkpoint, write_policy)
+from fleet.dataset import StoreBatches, ValidationSet, labelled_attempt_counts, stream_batches
+from fleet.learner import LearnerConfig, LevineLearner, parameter_checksum
+from fleet.learner_api import Batch, Learner, PublishFn
+from fleet.network import NetworkConfig
+from fleet.store_reader import StoreReader
+
+log = logging.getLogger("fleet.learner")
+
+
+class LearnerRun:
+    """One learner process (one rank). `run()` returns when steps are done or on a signal."""
+
+    def __init__(self, config: LearnerConfig, publish_fn: Optional[PublishFn] = None,
+                 learner: Optional[Learner] = None) -> None:
+        self.cfg = config
+        self.publish_fn = publish_fn
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        device = config.torch_device()
+        if device.type == "cuda" and self.world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = device
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.learner: Learner = learner or LevineLearner(
+            NetworkConfig(image_height=config.image_size, image_width=config.image_size),
+            config.lr, config.weight_decay, device)
+        self.step = 0
+        self.last_published_step = -1
+        self.last_checkpoint_step = -1
+        self.stop_requested = False
+        self.reader: Optional[StoreReader] = None
+        self.valset: Optional[ValidationSet] = None
+        self.writer = None
+        self._service_cache: tuple[int, Any] = (-1, None)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        old_handlers = self._install_signal_handlers()
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        try:
+            self._restore()
+            if not self._wait_for_data():
+                self._checkpoint_if_new()
+                return self._summary()
+            if self.world > 1:
+                self.learner.wrap_distributed()
+            if self.rank == 0:
+                self._open_rank0_tools()
+            self._train()
+            return self._summary()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            if self.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        def request_stop(signum: int, _frame: Any) -> None:
+            log.info("rank %d: %s received: checkpointing and stopping", self.rank,
+                     signal.Signals(signum).name)
+            self.stop_requested = True
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.cfg.out)
+        if state is None:
+            log.info("rank %d: no checkpoint in %s: starting at step 0", self.rank, self.cfg.out)
+            return
+        if state.get("learner_name") != self.learner.name:
+            raise CheckpointError(
+                f"{self.cfg.out} holds a checkpoint of learner {state.get('learner_name')!r}, "
+                f"not {self.learner.name!r}: pass another --out directory")
+        self.learner.load_state_dict(state["learner"])
+        self.step = self.last_checkpoint_step = int(state["step"])
+        self.last_published_step = int(state.get("last_published_step", -1))
+        if int(state.get("world_size", 1)) != self.world:
+            log.warning("checkpoint was written by %s ranks, running %d: data streams differ",
+                        state.get("world_size"), self.world)
+        log.info("rank %d: resumed from %s at step %d", self.rank, self.cfg.out, self.step)
+
+    def _wait_for_data(self) -> bool:
+        """Block until the store holds min_attempts labelled attempts; False if told to stop."""
+        announced = False
+        while not self.stop_requested:
+            try:
+                reader = self.reader or StoreReader(self.cfg.data)
+            except FileNotFoundError:
+                if not announced:
+                    log.info("waiting for the store at %s to be created", self.cfg.data)
+                    announced = True
+                time.sleep(self.cfg.poll_seconds)
+                continue
+            self.reader = reader
+            reader.refresh()
+            train, val = labelled_attempt_counts(reader, self.cfg.val_fraction)
+            if train + val >= self.cfg.min_attempts and train > 0:
+                log.info("rank %d: store %s holds %d labelled attempts (%d train, %d val)",
+                         self.rank, self.cfg.data, train + val, train, val)
+                return True
+            if not announced:
+                log.info("waiting for %d labelled attempts in %s (have %d train, %d val)",
+                         self.cfg.min_attempts, self.cfg.data, train, val)
+                announced = True
+            time.sleep(self.cfg.poll_seconds)
+        return False
+
+    def _open_rank0_tools(self) -> None:
+        assert self.reader is not None
+        self.valset = ValidationSet(self.reader, self.learner.collate, self.cfg.val_fraction,
+                                    self.cfg.val_max_attempts, self.cfg.batch_size)
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            logdir = self.cfg.logdir or self.cfg.out / "tensorboard"
+            self.writer = SummaryWriter(str(logdir), purge_step=self.step or None)
+
+    def _batches(self) -> Iterator[Batch]:
+        ds = StoreBatches(self.cfg.data, self.learner.collate, self.cfg.batch_size,
+                          seed=self.cfg.seed, rank=self.rank, start_batch=self.step,
+                          val_fraction=self.cfg.val_fraction,
+                          recent_weight=self.cfg.recent_weight,
+                          refresh_seconds=self.cfg.refresh_seconds)
+        return stream_batches(ds, self.cfg.workers, self.cfg.prefetch,
+                              pin_memory=self.device.type == "cuda")
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _agree_to_stop(self) -> bool:
+        flag = self.stop_requested or (self.cfg.steps is not None and self.step >= self.cfg.steps)
+        if self.world > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def _train(self) -> None:
+        cfg = self.cfg
+        bar = None
+        if self.rank == 0 and cfg.steps is not None and cfg.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", disable=None,
+                       dynamic_ncols=True)
+        it = self._batches()
+        last_cycle, last_log, samples = time.monotonic(), time.monotonic(), 0
+        log.info("rank %d/%d: training from step %d (%s, batch %d, %d workers)", self.rank,
+                 self.world, self.step, self.device, cfg.batch_size, cfg.workers)
+        try:
+            while not self._agree_to_stop():
+                self.learner.train_step(next(it))
+                self.step += 1
+                samples += cfg.batch_size
+                if bar is not None:
+                    bar.update(1)
+                if self.rank != 0:
+                    continue
+                if self.step % cfg.log_every_steps == 0:
+                    now = time.monotonic()
+                    self._log_train(samples / max(now - last_log, 1e-9))
+                    last_log, samples = now, 0
+                if (self.step % cfg.cycle_every_steps == 0
+                        or time.monotonic() - last_cycle >= cfg.cycle_every_seconds):
+                    self._cycle()
+                    last_cycle = time.monotonic()
+            if self.rank == 0:
+                if self.stop_requested:
+                    self._checkpoint_if_new()
+                elif self.step != self.last_checkpoint_step:
+                    self._cycle()  # a finite run ends validated, checkpointed, published
+        finally:
+            if bar is not None:
+                bar.close()
+            it.close()  # shuts the worker processes down
+            self._write_rank_file()
+
+    def _log_train(self, samples_per_s: float) -> None:
+        m = self.learner.train_metrics()
+        if not m:
+            return
+        assert self.reader is not None
+        self.reader.refresh()
+        log.info("step %d: train loss %.4f acc %.3f auc %.3f | %.0f samples/s/rank | store %d "
+                 "attempts", self.step, m["loss"], m["accuracy"], m["auc"], samples_per_s,
+                 self.reader.num_attempts())
+        if self.writer is not None:
+            for k in ("loss", "accuracy", "auc"):
+                if math.isfinite(m[k]):
+                    self.writer.add_scalar(f"train/{k}", m[k], self.step)
+            self.writer.add_scalar("train/samples_per_s_per_rank", samples_per_s, self.step)
+            self.writer.add_scalar("data/attempts", self.reader.num_attempts(), self.step)
+
+    # -- validate, checkpoint, publish (rank 0) -----------------------------------------------
+
+    def _service_metrics(self, pointer: Optional[dict], batches: list) -> Optional[dict]:
+        if pointer is None:
+            return None
+        version = int(pointer["version"])
+        if self._service_cache[0] != version:
+            try:
+                model, _ = load_bundle(bundle_dir(self.cfg.out, version))
+            except Exception as exc:  # a damaged or foreign bundle must not stop training
+                log.error("cannot load policy v%d in service (%s): the candidate will replace "
+                          "it if it validates", version, exc)
+                model = None
+            self._service_cache = (version, model)
+        model = self._service_cache[1]
+        if model is None:
+            return {"loss": math.inf}
+        try:
+            return self.learner.evaluate(batches, model)
+        except Exception as exc:
+            log.error("policy v%d in service does not fit this learner (%s)", version, exc)
+            return {"loss": math.inf}
+
+    def _cycle(self) -> None:
+        """Validate the candidate and the policy in service on the same set, checkpoint, and
+        publish the candidate unless it is worse."""
+        assert self.reader is not None and self.valset is not None
+        self.reader.refresh()
+        self.valset.update()
+        batches = self.valset.batches()
+        cand = self.learner.evaluate(batches)
+        pointer = read_pointer(self.cfg.out)
+        service = self._service_metrics(pointer, batches)
+        train_n, val_n = labelled_attempt_counts(self.reader, self.cfg.val_fraction)
+        log.info("step %d: validation on %d steps of %d attempts: loss %.4f acc %.3f auc %.3f"
+                 "%s", self.step, self.valset.examples, len(self.valset.attempt_ids),
+                 cand["loss"], cand.get("accuracy", math.nan), cand.get("auc", math.nan),
+                 "" if service is None else f" | in service v{pointer['version']}: "
+                                            f"loss {service['loss']:.4f}")
+        if self.writer is not None:
+            for k in ("loss", "accuracy", "auc"):
+                if math.isfinite(cand.get(k, math.nan)):
+                    self.writer.add_scalar(f"val/{k}", cand[k], self.step)
+            if service is not None and math.isfinite(service["loss"]):
+                self.writer.add_scalar("val/in_service_loss", service["loss"], self.step)
+            self.writer.flush()
+        if 0 < self.step != self.last_published_step and self._should_publish(cand, service):
+            self._publish(pointer, cand, train_n)
+        self._checkpoint_if_new(force=True)
+
+    def _should_publish(self, cand: dict, service: Optional[dict]) -> bool:
+        if self.valset is not None and self.valset.examples == 0:
+            log.warning("no validation attempts yet (val_fraction %.2f): publishing unchecked",
+                        self.cfg.val_fraction)
+            return True
+        if not math.isfinite(cand["loss"]):
+            log.error("step %d: validation loss is %s: not publishing", self.step, cand["loss"])
+            return False
+        if service is None:
+            return True
+        if cand["loss"] <= service["loss"] * (1.0 + self.cfg.publish_tolerance):
+            return True
+        log.info("step %d: not publishing: validation loss %.4f is worse than %.4f of the "
+                 "policy in service", self.step, cand["loss"], service["loss"])
+        return False
+
+    def _publish(self, pointer: Optional[dict], cand: dict, trained_on: int) -> None:
+        version = (int(pointer["version"]) if pointer else 0) + 1
+        metrics = {f"val_{k}": (v if math.isfinite(v) else None) for k, v in cand.items()}
+        metrics.update(step=self.step, learner=self.learner.name)
+        directory, meta = write_policy(self.cfg.out, self.learner.network(), version=version,
+                                       trained_on_attempts=trained_on, metrics=metrics)
+        self.last_published_step = self.step
+        log.info("published policy v%d at %s (step %d, trained on %d attempts)", version,
+                 directory, self.step, trained_on)
+        if self.writer is not None:
+            self.writer.add_scalar("policy/version", version, self.step)
+        if self.publish_fn is not None:
+            try:
+                self.publish_fn(directory, meta)
+            except Exception:  # the bundle is on disk; distribution can catch up later
+                log.exception("publish hook failed for policy v%d (bundle kept at %s)",
+                              version, directory)
+
+    def _checkpoint_if_new(self, force: bool = False) -> None:
+        if self.rank != 0 or (self.step == self.last_checkpoint_step and not force):
+            return
+        save_checkpoint(self.cfg.out, {
+            "step": self.step, "learner_name": self.learner.name,
+            "learner": self.learner.state_dict(), "world_size": self.world,
+            "last_published_step": self.last_published_step,
+            "info": {"step": self.step, "learner": self.learner.name, "world_size": self.world,
+                     "seed": self.cfg.seed, "batch_size": self.cfg.batch_size,
+                     "last_published_step": self.last_published_step}})
+        self.last_checkpoint_step = self.step
+        log.info("checkpoint at step %d in %s", self.step, self.cfg.out)
+
+    def _write_rank_file(self) -> None:
+        """out/ranks/rank<r>.json: the step and a checksum of the parameters this rank ended
+        with (data-parallel ranks must agree bit for bit)."""
+        atomic_write_json(self.cfg.out / "ranks" / f"rank{self.rank}.json", {
+            "rank": self.rank, "world_size": self.world, "step": self.step,
+            "parameters_sha256": parameter_checksum(self.learner.network())})
+
+    def _summary(self) -> dict[str, Any]:
+        pointer = read_pointer(self.cfg.out) if self.rank == 0 else None
+        return {"step": self.step, "rank": self.rank, "world_size": self.world,
+                "published_version": pointer["version"] if pointer else 0,
+                "stopped_by_signal": self.stop_requested}
+
+
+def run(config: LearnerConfig, publish_fn: Optional[PublishFn] = None,
+        learner: Optional[Learner] = None) -> dict[str, Any]:
+    return LearnerRun(config, publish_fn, learner).run()
+
+
+# -- command line ------------------------------------------------------------------------------
+
+def _field_comments() -> dict[str, str]:
+    """The comment beside each LearnerConfig field: the dataclass is the one place they live."""
+    lines = inspect.getsource(LearnerConfig).splitlines()
+    found = (re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line) for line in lines)
+    return {m.group(1): m.group(2) for m in found if m}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per LearnerConfig field (--batch-size for batch_size, ...)."""
+    hints = typing.get_type_hints(LearnerConfig)
+    comments = _field_comments()
+    for f in fields(LearnerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        typ = hints[f.name]
+        args = typing.get_args(typ)
+        base = next((a for a in args if a is not type(None)), typ) if args else typ
+        text = comments.get(f.name, "")
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=text)
+        elif f.name in ("data", "out"):
+            parser.add_argument(flag, type=Path, required=True, help=text)
+        else:
+            parser.add_argument(flag, type=base, default=f.default,
+                                help=f"{text} (default {f.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> LearnerConfig:
+    return LearnerConfig(**{f.name: getattr(args, f.name) for f in fields(LearnerConfig)})
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fleet learn", description="Train the grasp network on the episode store and "
+        "publish policies (runs until --steps, or forever beside the fleet).")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(config_from_args(args))
+    except (ValueError, CheckpointError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    if summary["rank"] == 0:
+        log.info("learner stopped at step %d (policy in service: v%d)", summary["step"],
+                 summary["published_version"])
+    return 0
