@@ -1,0 +1,238 @@
+"""Ingest benchmark: durably acked attempts/s of the data server against the raw disk.
+
+32 uploaders (threads, each with its own CURVE DEALER socket and robot key) stream attempts of
+10 JPEG frames of 64x64 to a real `fleet serve` process on loopback. The reference, measured in
+the same run on the same disk: writing the same encoded bytes to a file in batches of the
+server's average group-commit size, one fdatasync per batch (what the server does at best, with
+no network, crypto, validation or store format). Headline: the ratio (target >= 0.7).
+
+Then the memory bound: uploaders with a huge window fire 10,000 attempts at a server whose
+store is slowed down (an artificial delay per commit), and the server's peak RSS (VmHWM) is
+reported (target < 512 MB).
+
+    .venv/bin/python benchmarks/ingest.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fleet.client import ClientConfig, UploadClient  # noqa: E402
+from fleet.keys import ClientKeys, create_robot_key  # noqa: E402
+from fleet.records import Attempt, Step, encode  # noqa: E402
+
+
+@dataclass
+class BenchConfig:
+    clients: int = 32
+    attempts_per_client: int = 60
+    steps: int = 10
+    window: int = 8
+    runs: int = 3
+    backlog_attempts: int = 10_000
+    backlog_clients: int = 4
+    backlog_commit_delay: float = 0.5
+
+
+def camera_jpegs(n: int, rng: np.random.Generator) -> list[bytes]:
+    """64x64 images that compress like a camera's view of a tray (smooth shapes plus noise)."""
+    out = []
+    for _ in range(n):
+        img = cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (64, 64),
+                         interpolation=cv2.INTER_CUBIC)
+        img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+        out.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    return out
+
+
+def make_attempts(robot: str, n: int, steps: int, jpegs: list[bytes],
+                  rng: np.random.Generator) -> list[tuple[str, list[bytes]]]:
+    pose = (0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0)
+    out = []
+    for _ in range(n):
+        now = time.time()
+        a = Attempt(robot, 1, "cem", [
+            Step(jpegs[int(rng.integers(len(jpegs)))], pose, (0.01, 0.0, -0.02, 0.1), 0.08,
+                 float(i)) for i in range(steps)], "success", pose, 0.02, now - 3, now)
+        out.append((a.attempt_id, encode(a)))
+    return out
+
+
+class Server:
+    def __init__(self, data: Path, keys: Path, port: int, extra: tuple[str, ...] = ()):
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.log = open(data.parent / f"server-{port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet.cli", "serve", "--data", str(data), "--keys",
+             str(keys), "--bind", self.endpoint, *extra],
+            stdout=subprocess.PIPE, stderr=self.log, cwd=REPO)
+        line = self.proc.stdout.readline()
+        if b"ready" not in line:
+            raise RuntimeError(f"server did not start; see {self.log.name}")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def vm_hwm_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+        self.log.close()
+
+
+def run_uploaders(endpoint: str, keys: Path, work: dict[str, list], window: int,
+                  ctx: zmq.Context) -> float:
+    """Upload everything, one thread and socket per robot; return the wall time to last ack."""
+    clients = {r: UploadClient(ClientConfig(endpoint, r, ClientKeys.from_dir(keys, r),
+                                            window=window, ack_timeout=30.0), ctx)
+               for r in work}
+    errors: list[BaseException] = []
+
+    def upload(robot: str) -> None:
+        try:
+            for done in clients[robot].upload_all(work[robot], timeout=600):
+                if not done.acked:
+                    raise RuntimeError(f"refused: {done}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(r,)) for r in work]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    stats = next(iter(clients.values())).counters()["server"]
+    for c in clients.values():
+        c.close()
+    if errors:
+        raise errors[0]
+    run_uploaders.last_server_stats = stats
+    return elapsed
+
+
+def raw_group_commit(path: Path, attempts: list[list[bytes]], group: int) -> float:
+    """Attempts/s writing the same bytes in batches of `group`, one fdatasync per batch."""
+    blobs = [b"".join(frames) for frames in attempts]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    t0 = time.perf_counter()
+    for i in range(0, len(blobs), group):
+        os.write(fd, b"".join(blobs[i:i + group]))
+        os.fdatasync(fd)
+    elapsed = time.perf_counter() - t0
+    os.close(fd)
+    path.unlink()
+    return len(blobs) / elapsed
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def throughput_run(cfg: BenchConfig, root: Path, keys: Path, robots: list[str],
+                   jpegs: list[bytes], rng: np.random.Generator, ctx: zmq.Context) -> dict:
+    work = {r: make_attempts(r, cfg.attempts_per_client, cfg.steps, jpegs, rng) for r in robots}
+    data = root / f"data-{time.monotonic_ns()}"
+    server = Server(data, keys, free_port())
+    try:
+        cpu0 = server.cpu_seconds()
+        elapsed = run_uploaders(server.endpoint, keys, work, cfg.window, ctx)
+        cpu = server.cpu_seconds() - cpu0
+    finally:
+        server.stop()
+    stats = run_uploaders.last_server_stats
+    total = sum(len(v) for v in work.values())
+    group = max(1, round(stats["committed"] / max(1, stats["commits"])))
+    all_frames = [frames for r in robots for _, frames in work[r]]
+    # the shared disk's fsync latency swings run to run: median of three passes
+    raw = statistics.median(raw_group_commit(root / "raw.bin", all_frames, group)
+                            for _ in range(3))
+    shutil.rmtree(data, ignore_errors=True)
+    nbytes = sum(len(f) for frames in all_frames for f in frames)
+    return {"attempts": total, "rate": total / elapsed, "raw": raw, "group": group,
+            "ratio": (total / elapsed) / raw, "kb": nbytes / total / 1024,
+            "cpu_ms": cpu / total * 1000}
+
+
+def backlog_run(cfg: BenchConfig, root: Path, keys: Path, robots: list[str],
+                jpegs: list[bytes], rng: np.random.Generator, ctx: zmq.Context) -> dict:
+    per = cfg.backlog_attempts // cfg.backlog_clients
+    work = {r: make_attempts(r, per, cfg.steps, jpegs, rng) for r in robots}
+    server = Server(root / "data-backlog", keys, free_port(),
+                    ("--commit-delay", str(cfg.backlog_commit_delay)))
+    try:
+        elapsed = run_uploaders(server.endpoint, keys, work, per, ctx)  # window = everything
+        hwm = server.vm_hwm_mb()
+    finally:
+        server.stop()
+    return {"attempts": per * len(robots), "hwm_mb": hwm, "elapsed": elapsed}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer attempts and runs (< 1 min)")
+    p.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp "
+                   "dir under the repo, i.e. the disk a store would live on)")
+    args = p.parse_args()
+    cfg = BenchConfig()
+    if args.quick:
+        cfg.attempts_per_client, cfg.runs = 25, 3
+        cfg.backlog_attempts, cfg.backlog_commit_delay = 4_000, 0.2  # the full run: 10,000
+    root = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.dir or REPO))
+    rng = np.random.default_rng(0)
+    ctx = zmq.Context(io_threads=2)
+    try:
+        keys = root / "keys"
+        robots = [f"bench{i:02d}" for i in range(cfg.clients)]
+        for r in robots:
+            create_robot_key(keys, r)
+        jpegs = camera_jpegs(64, rng)
+        runs = [throughput_run(cfg, root, keys, robots, jpegs, rng, ctx)
+                for _ in range(cfg.runs)]
+        backlog = backlog_run(cfg, root, keys, robots[:cfg.backlog_clients], jpegs, rng, ctx)
+    finally:
+        ctx.destroy(linger=0)
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{'run':>4} {'attempts':>9} {'KB/att':>7} {'group':>6} {'srv CPU ms/att':>15} "
+          f"{'server att/s':>13} {'raw att/s':>10} {'ratio':>6}")
+    for i, r in enumerate(runs):
+        print(f"{i:>4} {r['attempts']:>9} {r['kb']:>7.1f} {r['group']:>6} {r['cpu_ms']:>15.2f} "
+              f"{r['rate']:>13.0f} {r['raw']:>10.0f} {r['ratio']:>6.2f}")
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"backlog: {backlog['attempts']} attempts fired at once at a slowed store "
+          f"({cfg.backlog_commit_delay} s per commit): server peak RSS "
+          f"{backlog['hwm_mb']:.0f} MB (target < 512), all acked in {backlog['elapsed']:.1f} s")
+    ratio = statistics.median(r["ratio"] for r in runs)
+    print(f"ingest: {ratio:.2f} x (target 0.7)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""The upload client core: a bounded window of unacked attempts over a CURVE DEALER socket.
+
+No ROS here: robot_node's uploader wraps this around its spool. The contract with the caller:
+
+- `submit(attempt_id, frames)` while `room() > 0`; the caller keeps its own durable copy.
+- `poll(timeout)` returns `Done` events. `acked` means the attempt is durable on the server and
+  the caller may delete its copy; `acked=False` means the server refused it for good (the code
+  says why: quarantine it, do not resend). Retryable trouble never surfaces as an event: the
+  client re-sends unacked attempts after a timeout that backs off, and waits the server's
+  `retry_after` on BUSY.
+- Either side may restart at any time. The DEALER reconnects by itself; anything unacked is
+  re-sent; the server deduplicates by attempt id, so the stream resumes without loss or
+  duplication. After a robot restart the caller simply submits its spool again.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from fleet import protocol as P
+from fleet.keys import ClientKeys
+
+log = logging.getLogger(__name__)
+
+
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_HANDSHAKE_EVENTS = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+@dataclass
+class ClientConfig:
+    """Every tunable of an uploader."""
+
+    endpoint: str
+    robot_id: str
+    keys: ClientKeys
+    window: int = 8  # unacked uploads in flight
+    ack_timeout: float = 5.0  # re-send an unacked upload after this long (then doubling)
+    max_backoff: float = 30.0
+    hello_interval: float = 5.0  # HELLO doubles as the heartbeat carrying the policy version
+    policy_version: int = 0
+    reconnect_ivl_ms: int = 100
+    reconnect_ivl_max_ms: int = 2000
+
+
+@dataclass
+class Done:
+    """The final word on one attempt."""
+
+    attempt_id: str
+    acked: bool
+    duplicate: bool = False  # the server had it already (a re-send): still safe to delete
+    code: Optional[P.ErrorCode] = None  # why it was refused, when not acked
+    message: str = ""
+
+
+@dataclass
+class _InFlight:
+    attempt_id: str
+    frames: Sequence[bytes]
+    tries: int = 0
+    deadline: float = 0.0  # when to (re-)send: 0 = as soon as possible
+
+
+@dataclass
+class ClientStats:
+    sent: int = 0
+    resent: int = 0
+    busy: int = 0
+    acked: int = 0
+    refused: int = 0
+    last_error: str = ""
+    welcome: dict[str, Any] = field(default_factory=dict)
+
+
+class UploadClient:
+    """One robot's connection to the data server. Not thread-safe: use it from one thread."""
+
+    def __init__(self, config: ClientConfig, context: Optional[zmq.Context] = None):
+        self.config = config
+        self.ctx = context or zmq.Context.instance()
+        self.stats = ClientStats()
+        self._seq = itertools.count(1)
+        self._inflight: dict[str, _InFlight] = {}
+        self._by_seq: dict[int, str] = {}
+        self._replies: dict[int, P.Reply] = {}  # replies to synchronous requests
+        self._done: list[Done] = []
+        self._next_hello = 0.0
+        self._reconnect_at: Optional[float] = None
+        self._auth_failures = 0
+        self._link_lost = False
+        self.socket, self._monitor = self._connect()
+
+    def _connect(self) -> tuple[zmq.Socket, zmq.Socket]:
+        s = self.ctx.socket(zmq.DEALER)
+        self.config.keys.apply(s)
+        s.linger = 0  # unacked attempts live in the caller's spool, not in this socket
+        s.immediate = True  # queue only to a live connection: a send fails fast otherwise
+        s.reconnect_ivl = self.config.reconnect_ivl_ms
+        s.reconnect_ivl_max = self.config.reconnect_ivl_max_ms
+        s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        monitor = s.get_monitor_socket(_HANDSHAKE_EVENTS)
+        s.connect(self.config.endpoint)
+        return s, monitor
+
+    # ------------------------------------------------------------------ uploads
+
+    def room(self) -> int:
+        return self.config.window - len(self._inflight)
+
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def pending_ids(self) -> list[str]:
+        return list(self._inflight)
+
+    def submit(self, attempt_id: str, frames: Sequence[bytes]) -> None:
+        """Start uploading one encoded attempt (fleet.records.encode frames)."""
+        if attempt_id in self._inflight:
+            return
+        if self.room() <= 0:
+            raise RuntimeError("upload window is full: poll() until room() > 0")
+        item = _InFlight(attempt_id, frames)
+        self._inflight[attempt_id] = item
+        try:  # an oversized frame would make ZeroMQ drop the whole connection, again and again
+            P.check_sizes([b"", *frames], self._limits())
+        except P.ProtocolError as exc:
+            log.error("attempt %s is over the server's limits: %s", attempt_id, exc.message)
+            self._finish(Done(attempt_id, False, code=exc.code, message=exc.message))
+            return
+        self._try_send(item, time.monotonic())
+
+    def _limits(self) -> P.Limits:
+        """The server's limits from its WELCOME, or the protocol's defaults before it."""
+        announced = self.stats.welcome.get("limits") or {}
+        try:
+            return P.Limits(**{k: int(v) for k, v in announced.items()
+                               if k in P.Limits.__dataclass_fields__})
+        except (TypeError, ValueError):
+            return P.Limits()
+
+    def poll(self, timeout: float = 0.1) -> list[Done]:
+        """Handle replies for up to `timeout` s, re-send what is due; return finished attempts."""
+        end = time.monotonic() + timeout
+        while True:
+            self._housekeeping(time.monotonic())
+            wait = max(0.0, min(end, self._next_deadline()) - time.monotonic())
+            self._wait_and_drain(wait)
+            if self._done or time.monotonic() >= end:
+                break
+        done, self._done = self._done, []
+        return done
+
+    def upload_all(self, items: Iterable[tuple[str, Sequence[bytes]]],
+                   timeout: Optional[float] = None) -> Iterator[Done]:
+        """Upload a stream of (attempt_id, frames), yielding each Done as it comes."""
+        it = iter(items)
+        exhausted = False
+        end = None if timeout is None else time.monotonic() + timeout
+        while not exhausted or self._inflight:
+            while not exhausted and self.room() > 0:
+                nxt = next(it, None)
+                if nxt is None:
+                    exhausted = True
+                else:
+                    self.submit(*nxt)
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"{len(self._inflight)} uploads still unacked")
+            yield from self.poll(0.2)
+
+    # ------------------------------------------------------------------ other requests
+
+    def hello(self) -> None:
+        """Send a HELLO now (also sent every hello_interval while polling)."""
+        sent = self._send_nowait(P.hello(next(self._seq), self.config.robot_id,
+                                         self.config.policy_version))
+        # not connected yet: say hello as soon as the connection is up
+        self._next_hello = time.monotonic() + (self.config.hello_interval if sent else 0.2)
+
+    def counters(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Per-robot counters from the server (raises TimeoutError if it does not answer)."""
+        seq = next(self._seq)
+        end = time.monotonic() + timeout
+        sent = False
+        while time.monotonic() < end:
+            if not sent:
+                sent = self._send_nowait(P.counters_request(seq))
+            self._wait_and_drain(0.1)
+            reply = self._replies.pop(seq, None)
+            if reply is not None:
+                if reply.type == P.MsgType.ERROR:
+                    raise RuntimeError(f"server refused COUNTERS: {reply.fields.get('message')}")
+                return reply.fields
+        raise TimeoutError(f"no COUNTERS reply from {self.config.endpoint} in {timeout} s")
+
+    def close(self) -> None:
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self.socket.close(linger=0)
+
+    # ------------------------------------------------------------------ internals
+
+    def _send_nowait(self, frames: list[bytes]) -> bool:
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _try_send(self, item: _InFlight, now: float) -> None:
+        seq = next(self._seq)
+        if self._send_nowait(P.upload(seq, item.frames)):
+            self._by_seq[seq] = item.attempt_id
+            self.stats.sent += 1
+            if item.tries:
+                self.stats.resent += 1
+            backoff = self.config.ack_timeout * (2 ** min(item.tries, 6))
+            item.deadline = now + min(backoff, self.config.max_backoff)
+            item.tries += 1
+        else:  # not connected (server away): try again soon
+            item.deadline = now + min(0.2 * (2 ** min(item.tries, 4)), 2.0)
+
+    def _next_deadline(self) -> float:
+        deadlines = [i.deadline for i in self._inflight.values()]
+        deadlines.append(self._next_hello)
+        if self._reconnect_at is not None:
+            deadlines.append(self._reconnect_at)
+        return min(deadlines)
+
+    def _housekeeping(self, now: float) -> None:
+        if self._reconnect_at is not None and now >= self._reconnect_at:
+            self._reconnect()
+        if now >= self._next_hello:
+            self.hello()
+        for item in list(self._inflight.values()):
+            if now >= item.deadline:
+                if item.tries:
+                    log.debug("re-sending %s (try %d)", item.attempt_id, item.tries + 1)
+                self._try_send(item, now)
+
+    def _wait_and_drain(self, wait: float) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        events = dict(poller.poll(int(wait * 1000)))
+        if self._monitor in events:
+            self._on_monitor_events()
+        if self.socket in events:
+            self._drain()
+
+    def _on_monitor_events(self) -> None:
+        """Connection state: re-send at once on (re)connect; start over if our key is refused.
+
+        libzmq does not retry a connection whose CURVE handshake the server refused, so a robot
+        whose key is not (yet) admitted would stay silent forever; instead it logs why and
+        reconnects with a fresh socket after a backoff.
+        """
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self._link_lost = True
+                log.info("lost the connection to %s; unacked uploads will be re-sent",
+                         self.config.endpoint)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._auth_failures = 0
+                self._next_hello = 0.0
+                if self._link_lost:  # whatever was in flight may have died with the link
+                    self._link_lost = False
+                    for item in self._inflight.values():
+                        item.deadline = 0.0
+            elif event & _HANDSHAKE_FAILED:
+                self._auth_failures += 1
+                wait = min(self.config.ack_timeout * 2 ** min(self._auth_failures - 1, 6),
+                           self.config.max_backoff)
+                self.stats.last_error = "the server refused this robot's key (CURVE handshake)"
+                log.error("%s at %s: is robot %s admitted (`fleet keys list`) and is the "
+                          "server key right? reconnecting in %.0f s", self.stats.last_error,
+                          self.config.endpoint, self.config.robot_id, wait)
+                self._reconnect_at = time.monotonic() + wait
+
+    def _reconnect(self) -> None:
+        self._reconnect_at = None
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self.socket.close(linger=0)
+        self.socket, self._monitor = self._connect()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = P.parse_reply(frames)
+            except P.ProtocolError as exc:
+                log.error("unreadable reply from the server: %s", exc)
+                continue
+            self._on_reply(reply)
+
+    def _on_reply(self, reply: P.Reply) -> None:
+        attempt_id = reply.fields.get("attempt_id") or self._by_seq.get(reply.seq or -1)
+        if reply.seq is not None:
+            self._by_seq.pop(reply.seq, None)
+        if reply.type == P.MsgType.ACK:
+            self._finish(Done(attempt_id, True, bool(reply.fields.get("duplicate"))))
+        elif reply.type == P.MsgType.WELCOME:
+            self.stats.welcome = reply.fields
+        elif reply.type == P.MsgType.ERROR and attempt_id in self._inflight:
+            self._on_upload_error(attempt_id, reply)
+        elif reply.type == P.MsgType.ERROR and reply.seq not in self._replies:
+            self.stats.last_error = str(reply.fields.get("message"))
+            log.warning("server error: %s %s", reply.fields.get("name"), self.stats.last_error)
+            if reply.seq is not None:
+                self._replies[reply.seq] = reply
+        elif reply.seq is not None:
+            self._replies[reply.seq] = reply
+
+    def _on_upload_error(self, attempt_id: str, reply: P.Reply) -> None:
+        message = str(reply.fields.get("message", ""))
+        self.stats.last_error = message
+        if reply.fields.get("retryable"):
+            self.stats.busy += 1
+            item = self._inflight[attempt_id]
+            wait = max(float(reply.fields.get("retry_after") or 0.0), 0.1)
+            item.deadline = time.monotonic() + min(wait, self.config.max_backoff)
+            log.info("server busy (%s): retrying %s in %.1f s", message, attempt_id, wait)
+        else:
+            log.error("server refused attempt %s: %s %s", attempt_id, reply.fields.get("name"),
+                      message)
+            self._finish(Done(attempt_id, False, code=reply.code, message=message))
+
+    def _finish(self, done: Done) -> None:
+        if self._inflight.pop(done.attempt_id, None) is None:
+            return  # a second ack for a re-sent attempt: already reported
+        if done.acked:
+            self.stats.acked += 1
+            self.stats.last_error = ""  # the link works again
+        else:
+            self.stats.refused += 1
+        self._done.append(done)
