@@ -1,0 +1,159 @@
+"""Which policy runs the next attempt: the newest good policy bundle (CEM over its grasp
+network), mixed with exploration, or exploration alone before any network exists.
+
+Bundles are looked for between attempts only, so a policy is never swapped mid-attempt. A bundle
+that fails to load (bad checksum, wrong camera size, unknown architecture, ...) is refused with
+its reason logged once; the policy that was running stays in charge.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from fleet.bundle import META_FILE, WEIGHTS_FILE, BundleError, BundleMeta, load_bundle
+from fleet.cem import CEMConfig
+from fleet.exploration import DescentConfig, MixedPolicy, RandomDescentPolicy, RandomPolicy
+from fleet.policy import GraspPolicy, GraspPolicyConfig, Policy, StepLimits
+from robot_node.params import ConfigError, NodeConfig
+
+log = logging.getLogger(__name__)
+
+#: In a directory of bundles, a file naming the bundle directory the fleet is pinned to (an
+#: operator's rollback: used even though newer versions are present).
+PIN_FILE = "PINNED"
+
+
+def bundle_dir_name(version: int) -> str:
+    return f"v{version:06d}"
+
+
+EXPLORATION_POLICIES: dict[str, Callable[[StepLimits], Policy]] = {
+    "random": lambda limits: RandomPolicy(limits),
+    "random_descent": lambda limits: RandomDescentPolicy(DescentConfig(limits=limits)),
+}
+
+
+def make_exploration(name: str, max_step: float = StepLimits.max_translation) -> Policy:
+    """An exploration policy by short name, or any Policy class as 'package.module:Class'."""
+    if name in EXPLORATION_POLICIES:
+        return EXPLORATION_POLICIES[name](StepLimits(max_translation=max_step))
+    module_name, _, class_name = name.partition(":")
+    if not class_name:
+        raise ConfigError(f"exploration_policy {name!r}: use one of "
+                          f"{sorted(EXPLORATION_POLICIES)} or 'package.module:Class'")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"exploration_policy {name!r} cannot be imported: {exc}") from None
+    policy = cls()
+    if not isinstance(policy, Policy):
+        raise ConfigError(f"exploration_policy {name!r} is not a fleet.policy.Policy")
+    return policy
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    fingerprint: tuple  # (path, mtimes, sizes): a rewritten bundle is a new candidate
+
+
+def _fingerprint(directory: Path) -> tuple:
+    parts = [str(directory)]
+    for name in (META_FILE, WEIGHTS_FILE):
+        try:
+            st = (directory / name).stat()
+            parts += [st.st_mtime_ns, st.st_size]
+        except FileNotFoundError:
+            parts += [None, None]
+    return tuple(parts)
+
+
+def _meta_version(directory: Path) -> int:
+    try:
+        return BundleMeta.from_json((directory / META_FILE).read_bytes()).version
+    except (OSError, BundleError):
+        return -1  # still tried (and refused with its reason) if nothing newer exists
+
+
+class PolicyRuntime:
+    """Owns the exploration policy and the current learned policy (if any)."""
+
+    def __init__(self, config: NodeConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.exploration = make_exploration(config.exploration_policy,
+                                            config.exploration_max_step)
+        self.learned: Optional[Policy] = None
+        self.meta: Optional[BundleMeta] = None
+        self.refused: dict[tuple, str] = {}  # fingerprint -> reason, so each is logged once
+        self._loaded_fingerprint: Optional[tuple] = None
+        self._clock = clock
+        self._next_poll = 0.0
+
+    @property
+    def version(self) -> int:
+        return self.meta.version if self.meta else 0
+
+    def current(self) -> Policy:
+        """The policy for the next attempt."""
+        if self.learned is None:
+            return self.exploration
+        return MixedPolicy(self.learned, self.exploration, self.config.exploration_share)
+
+    # ------------------------------------------------------------------ bundles
+
+    def candidate(self) -> Optional[_Candidate]:
+        """The newest bundle under bundle_path (a bundle directory, or a directory of them)."""
+        if not self.config.bundle_path:
+            return None
+        root = Path(self.config.bundle_path).expanduser()
+        if (root / META_FILE).exists():
+            return _Candidate(root, _fingerprint(root))
+        if not root.is_dir():
+            return None
+        pin = root / PIN_FILE
+        if pin.exists():
+            pinned = root / pin.read_text().strip()
+            if (pinned / META_FILE).exists():
+                return _Candidate(pinned, _fingerprint(pinned) + ("pinned",))
+        dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                and (d / META_FILE).exists()]
+        if not dirs:
+            return None
+        best = max(dirs, key=lambda d: (_meta_version(d), d.name))
+        return _Candidate(best, _fingerprint(best))
+
+    def poll(self, force: bool = False) -> Optional[str]:
+        """Load a new bundle if one appeared; returns a log line when something changed."""
+        now = self._clock()
+        if not force and now < self._next_poll:
+            return None
+        self._next_poll = now + self.config.bundle_poll_s
+        cand = self.candidate()
+        if cand is None or cand.fingerprint in (self._loaded_fingerprint,) \
+                or cand.fingerprint in self.refused:
+            return None
+        expected = {"image_height": self.config.image_height,
+                    "image_width": self.config.image_width}
+        try:
+            model, meta = load_bundle(cand.path, expected)
+        except BundleError as exc:
+            reason = str(exc)
+            self.refused[cand.fingerprint] = reason
+            return (f"refused policy bundle {cand.path}: {reason}; still running policy "
+                    f"version {self.version}")
+        pinned = cand.fingerprint[-1] == "pinned"
+        if self.meta is not None and meta.version <= self.meta.version and not pinned:
+            self.refused[cand.fingerprint] = "not newer"
+            return (f"ignored policy bundle {cand.path}: version {meta.version} is not newer "
+                    f"than the running {self.meta.version}")
+        c = self.config
+        cem = CEMConfig(samples=c.cem_samples, elites=c.cem_elites, iterations=c.cem_iterations)
+        self.learned = GraspPolicy.from_model(model, GraspPolicyConfig(cem=cem), meta.version)
+        self.meta = meta
+        self._loaded_fingerprint = cand.fingerprint
+        return (f"loaded policy bundle {cand.path}: version {meta.version}"
+                f"{' (pinned by the operator)' if pinned else ''}")

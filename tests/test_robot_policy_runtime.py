@@ -1,0 +1,69 @@
+"""The policy runtime: newest good bundle wins, bad ones are refused once with their reason,
+an operator's pin wins over newer bundles, exploration policies by name."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fleet.bundle import WEIGHTS_FILE, save_bundle
+from fleet.network import GraspSuccessNet, NetworkConfig
+from robot_node.params import ConfigError, NodeConfig
+from robot_node.policy_runtime import PIN_FILE, PolicyRuntime, make_exploration
+
+
+def bundle(path: Path, version: int, corrupt: bool = False, size: int = 64) -> None:
+    torch.manual_seed(version)
+    save_bundle(path, GraspSuccessNet(NetworkConfig(image_height=size, image_width=size)),
+                version=version)
+    if corrupt:
+        w = path / WEIGHTS_FILE
+        data = bytearray(w.read_bytes())
+        data[-5] ^= 0x55
+        w.write_bytes(bytes(data))
+
+
+def runtime(tmp_path: Path) -> PolicyRuntime:
+    return PolicyRuntime(NodeConfig(arm_id="arm1", bundle_path=str(tmp_path),
+                                    exploration_share=0.0))
+
+
+def test_exploration_until_a_bundle_then_the_newest_good_one(tmp_path):
+    rt = runtime(tmp_path)
+    assert rt.poll(force=True) is None and rt.current() is rt.exploration and rt.version == 0
+    bundle(tmp_path / "a", 1)
+    bundle(tmp_path / "b", 2)
+    assert "version 2" in rt.poll(force=True) and rt.version == 2
+    assert rt.current().kind == "cem"
+    bundle(tmp_path / "c", 3, corrupt=True)
+    msg = rt.poll(force=True)
+    assert "refused" in msg and "checksum mismatch" in msg and rt.version == 2
+    assert rt.poll(force=True) is None  # refused once, not again on every poll
+
+
+def test_wrong_camera_size_is_refused(tmp_path):
+    rt = runtime(tmp_path)
+    bundle(tmp_path / "v1", 1, size=32)
+    assert "input spec" in rt.poll(force=True) and rt.version == 0
+
+
+def test_a_pin_rolls_back_to_an_older_bundle(tmp_path):
+    rt = runtime(tmp_path)
+    bundle(tmp_path / "v1", 1)
+    bundle(tmp_path / "v2", 2)
+    rt.poll(force=True)
+    (tmp_path / PIN_FILE).write_text("v1\n")
+    assert "pinned" in rt.poll(force=True) and rt.version == 1
+    (tmp_path / PIN_FILE).unlink()
+    assert "version 2" in rt.poll(force=True) and rt.version == 2
+
+
+def test_exploration_by_name_or_import_path():
+    assert make_exploration("random_descent").kind == "scripted"
+    assert make_exploration("random").kind == "random"
+    assert make_exploration("robot_test_policies:HugeMotions").kind == "huge"
+    with pytest.raises(ConfigError, match="exploration_policy"):
+        make_exploration("teleport")
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        make_exploration("no_such_module:Thing")
