@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fleet import __version__
+from fleet.sim_fleet import add_sim
+from fleet.status_cli import add_monitor, add_status
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
@@ -61,8 +63,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     store_cfg = StoreConfig(root=args.data)
     if args.min_free_bytes is not None:
         store_cfg.min_free_bytes = args.min_free_bytes
+    if args.policies is not None and not args.policies.is_dir():
+        raise OSError(f"--policies {args.policies} is not a directory: pass the learner's "
+                      f"<out>/policies (create it empty if the learner has not published yet)")
     config = ServerConfig(bind=args.bind, key_dir=args.keys, metrics_port=args.metrics_port,
-                          commit_delay=args.commit_delay)
+                          commit_delay=args.commit_delay, policies_dir=args.policies)
     logging.getLogger("fleet").info("opening store %s (recovering its WAL if needed)", args.data)
     try:
         store = Store(store_cfg)
@@ -83,11 +88,110 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="serve Prometheus /metrics on 127.0.0.1:PORT")
     p.add_argument("--min-free-bytes", type=int, default=None,
                    help="refuse writes (answer BUSY) when the disk has less free space")
+    p.add_argument("--policies", type=Path, default=None,
+                   help="distribute the policies in this directory (the learner's "
+                        "<out>/policies: latest.json, pin.json, v<N>/)")
     p.add_argument("--commit-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_serve)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_keys, add_serve]
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from fleet import policy_registry as R
+
+    if args.policy_command == "pin":
+        path = R.pin(args.policies, args.version, args.reason)
+        print(f"pinned the fleet to policy v{args.version} ({path}); a running server switches "
+              f"every robot within a second. `fleet policy unpin` returns to the newest")
+    elif args.policy_command == "unpin":
+        had = R.unpin(args.policies)
+        print("unpinned: the server serves the newest version again" if had
+              else "no pin was set")
+    else:
+        latest = R.read_json(args.policies / "latest.json")
+        pinned = R.read_json(args.policies / R.PIN_FILE)
+        print(f"{'version':>7}  {'created_at':<26} {'trained_on':>10}  state")
+        for row in R.list_versions(args.policies):
+            tags = [t for t, on in (("latest", latest and latest["version"] == row["version"]),
+                                    ("PINNED", pinned and pinned["version"] == row["version"]))
+                    if on]
+            state = "ok" if row["ok"] else f"CORRUPT: {row['problem']}"
+            print(f"{row['version']:>7}  {row['created_at']:<26} "
+                  f"{row['trained_on_attempts']:>10}  {state} {' '.join(tags)}")
+        served = pinned or latest
+        print(f"served: v{served['version']} ({'pinned' if pinned else 'newest'})" if served
+              else "served: nothing (no latest.json, no pin)")
+    return 0
+
+
+def add_policy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("policy", help="list policy versions; pin the fleet to one (rollback)")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    for name, text in (("list", "list the bundles, which one is latest and which is pinned"),
+                       ("pin", "serve this version to every robot until unpinned"),
+                       ("unpin", "serve the newest version again")):
+        c = psub.add_parser(name, help=text)
+        c.add_argument("--policies", type=Path, required=True,
+                       help="the policies directory the server watches (<learner out>/policies)")
+        if name == "pin":
+            c.add_argument("--version", type=int, required=True, help="policy version N (v<N>)")
+            c.add_argument("--reason", default="", help="why (kept in pin.json)")
+        c.set_defaults(func=_cmd_policy)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import signal
+
+    from fleet.evaluate import EvalConfig, evaluate
+    from fleet.report_plot import format_table
+
+    cfg = EvalConfig(policies=args.policy, out=args.out, attempts=args.attempts, arms=args.arms,
+                     baselines=tuple(b for b in args.baselines.split(",") if b),
+                     image_size=args.image_size, max_steps=args.max_steps,
+                     num_objects=args.num_objects, seed=args.seed, timeout_s=args.timeout_s,
+                     ros_domain_id=args.ros_domain_id, arms_config=args.config)
+    stop = {"requested": False}
+
+    def _request_stop(signum, _frame):  # the supervisor stops the arms; the report is written
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+    report = evaluate(cfg, should_stop=lambda: stop["requested"])
+    print(format_table(report))
+    print(f"fleet eval: wrote {args.out / 'eval.json'} and {args.out / 'eval.png'}"
+          f"{' (interrupted: partial results)' if report['interrupted'] else ''}")
+    return 130 if report["interrupted"] else 0
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    from fleet.plan import CONFIG_DIR
+
+    p = sub.add_parser("eval", help="success rate of policy bundles on test-split objects in "
+                                    "simulation, beside random and scripted grasps")
+    p.add_argument("--policy", type=Path, action="append", default=[],
+                   help="policy bundle directory, or a directory of versions (v<N>/); repeat "
+                        "to compare several")
+    p.add_argument("--attempts", type=int, default=50, help="labelled attempts per policy")
+    p.add_argument("--arms", type=int, default=1, help="simulated arms per policy run")
+    p.add_argument("--out", type=Path, required=True, help="output directory (eval.json, "
+                                                           "eval.png, spools, logs)")
+    p.add_argument("--baselines", default="random,scripted",
+                   help="comma-separated baselines measured in the same run ('' for none)")
+    p.add_argument("--image-size", type=int, default=64, help="camera image side, px")
+    p.add_argument("--max-steps", type=int, default=None, help="servo steps T per attempt")
+    p.add_argument("--num-objects", type=int, default=None, help="objects in each tray")
+    p.add_argument("--seed", type=int, default=1, help="scene and policy seed (same for all)")
+    p.add_argument("--timeout-s", type=float, default=600.0,
+                   help="time budget per policy; a run that runs out reports what it got")
+    p.add_argument("--ros-domain-id", type=int, default=78,
+                   help="ROS_DOMAIN_ID of the eval's arms (keep it apart from a running fleet)")
+    p.add_argument("--config", type=Path, default=CONFIG_DIR / "arms.yaml", help="arms file")
+    p.set_defaults(func=_cmd_eval)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_keys, add_serve,
+                                                                   add_policy, add_eval, add_sim,
+                                                                   add_status, add_monitor]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,18 @@ No ROS here: robot_node's uploader wraps this around its spool. The contract wit
 - Either side may restart at any time. The DEALER reconnects by itself; anything unacked is
   re-sent; the server deduplicates by attempt id, so the stream resumes without loss or
   duplication. After a robot restart the caller simply submits its spool again.
+
+Policies and status (docs/protocol.md, "Policy distribution"):
+
+- `hello(policy_version=None, status=None)` sends a HELLO now; both are kept for the periodic
+  heartbeats. policy_version: what the robot runs; status: a `RobotStatus`. `set_status(s)`
+  only keeps it for the next heartbeat (every `hello_interval` s).
+- The client fetches and verifies (size, sha256, `unpack_bundle`) any announced policy whose
+  version differs from policy_version. `take_policy()` returns the newest verified
+  `PolicyUpdate(version, blob, sha256, pinned, meta)` once, else None; `poll()` returns early
+  when one arrives. The robot writes it (`fleet.bundle.save_packed(update.blob, dir,
+  expected_input_spec)`), swaps between attempts, then calls `hello(policy_version=version)`.
+  A refused payload never surfaces: logged, in `stats.last_error`; the running policy stays.
 """
 from __future__ import annotations
 
@@ -25,6 +37,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from fleet import protocol as P
 from fleet.keys import ClientKeys
+from fleet.policy_fetch import PolicyFetcher, PolicyRefused, PolicyUpdate
+
+__all__ = ["ClientConfig", "Done", "PolicyUpdate", "RobotStatus", "UploadClient"]
+RobotStatus = P.RobotStatus
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +64,7 @@ class ClientConfig:
     policy_version: int = 0
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
+    max_policy_bytes: int = 64 * 1024 * 1024  # refuse (and never fetch) bigger policies
 
 
 @dataclass
@@ -96,6 +113,10 @@ class UploadClient:
         self._reconnect_at: Optional[float] = None
         self._auth_failures = 0
         self._link_lost = False
+        self._status: Optional[dict[str, Any]] = None
+        self._fetcher = PolicyFetcher(config.max_policy_bytes)
+        self._fetch_seq: Optional[int] = None
+        self._policy_update: Optional[PolicyUpdate] = None
         self.socket, self._monitor = self._connect()
 
     def _connect(self) -> tuple[zmq.Socket, zmq.Socket]:
@@ -107,6 +128,7 @@ class UploadClient:
         s.reconnect_ivl_max = self.config.reconnect_ivl_max_ms
         s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        s.maxmsgsize = self.config.max_policy_bytes + 1024 * 1024  # bounds what a reply costs
         monitor = s.get_monitor_socket(_HANDSHAKE_EVENTS)
         s.connect(self.config.endpoint)
         return s, monitor
@@ -154,7 +176,7 @@ class UploadClient:
             self._housekeeping(time.monotonic())
             wait = max(0.0, min(end, self._next_deadline()) - time.monotonic())
             self._wait_and_drain(wait)
-            if self._done or time.monotonic() >= end:
+            if self._done or self._policy_update or time.monotonic() >= end:
                 break
         done, self._done = self._done, []
         return done
@@ -178,10 +200,20 @@ class UploadClient:
 
     # ------------------------------------------------------------------ other requests
 
-    def hello(self) -> None:
-        """Send a HELLO now (also sent every hello_interval while polling)."""
+    def hello(self, policy_version: Optional[int] = None,
+              status: Optional[P.RobotStatus | dict[str, Any]] = None) -> None:
+        """Send a HELLO now (also sent every hello_interval while polling).
+
+        policy_version: the version the robot runs from now on; status: its heartbeat
+        (RobotStatus). Both are remembered for the periodic HELLOs.
+        """
+        if policy_version is not None:
+            self.config.policy_version = int(policy_version)
+        if status is not None:
+            self.set_status(status)
+        extra = {"status": self._status} if self._status is not None else {}
         sent = self._send_nowait(P.hello(next(self._seq), self.config.robot_id,
-                                         self.config.policy_version))
+                                         self.config.policy_version, **extra))
         # not connected yet: say hello as soon as the connection is up
         self._next_hello = time.monotonic() + (self.config.hello_interval if sent else 0.2)
 
@@ -200,6 +232,21 @@ class UploadClient:
                     raise RuntimeError(f"server refused COUNTERS: {reply.fields.get('message')}")
                 return reply.fields
         raise TimeoutError(f"no COUNTERS reply from {self.config.endpoint} in {timeout} s")
+
+    def set_status(self, status: P.RobotStatus | dict[str, Any]) -> None:
+        """Keep `status` for the next heartbeat HELLO without sending one now."""
+        self._status = status.as_dict() if isinstance(status, P.RobotStatus) else dict(status)
+
+    def take_policy(self) -> Optional[PolicyUpdate]:
+        """The newest verified policy not yet taken (None if none): install it, then
+        `hello(policy_version=update.version)`."""
+        update, self._policy_update = self._policy_update, None
+        return update
+
+    @property
+    def served_policy(self) -> Optional[dict[str, Any]]:
+        """The server's last announcement {version, sha256, size, pinned}, or None."""
+        return self._fetcher.announced
 
     def close(self) -> None:
         self.socket.disable_monitor()
@@ -240,6 +287,7 @@ class UploadClient:
             self._reconnect()
         if now >= self._next_hello:
             self.hello()
+        self._maybe_fetch_policy()
         for item in list(self._inflight.values()):
             if now >= item.deadline:
                 if item.tries:
@@ -304,7 +352,30 @@ class UploadClient:
             except P.ProtocolError as exc:
                 log.error("unreadable reply from the server: %s", exc)
                 continue
-            self._on_reply(reply)
+            if reply.type == P.MsgType.POLICY:
+                self._on_policy(reply, frames[1:])
+            elif reply.seq is not None and reply.seq == self._fetch_seq:
+                self._fetch_seq = None  # an ERROR answering our FETCH_POLICY
+                self._fetcher.failed(str(reply.fields.get("message")))
+            else:
+                self._on_reply(reply)
+        self._maybe_fetch_policy()
+
+    # ------------------------------------------------------------------ policies
+
+    def _maybe_fetch_policy(self) -> None:
+        if self._fetcher.want(self.config.policy_version):
+            seq = next(self._seq)
+            if self._send_nowait(P.fetch_policy(seq, self._fetcher.announced["version"])):
+                self._fetch_seq = seq
+                self._fetcher.started()
+
+    def _on_policy(self, reply: P.Reply, payload: list[bytes]) -> None:
+        self._fetch_seq = None
+        try:
+            self._policy_update = self._fetcher.receive(reply.fields, payload)
+        except PolicyRefused as exc:
+            self.stats.last_error = str(exc)
 
     def _on_reply(self, reply: P.Reply) -> None:
         attempt_id = reply.fields.get("attempt_id") or self._by_seq.get(reply.seq or -1)
@@ -314,6 +385,9 @@ class UploadClient:
             self._finish(Done(attempt_id, True, bool(reply.fields.get("duplicate"))))
         elif reply.type == P.MsgType.WELCOME:
             self.stats.welcome = reply.fields
+            self._fetcher.announce(reply.fields.get("policy"))
+        elif reply.type == P.MsgType.POLICY_AVAILABLE:
+            self._fetcher.announce(reply.fields)
         elif reply.type == P.MsgType.ERROR and attempt_id in self._inflight:
             self._on_upload_error(attempt_id, reply)
         elif reply.type == P.MsgType.ERROR and reply.seq not in self._replies:

@@ -28,6 +28,8 @@ from fleet import protocol as P
 from fleet.ingest import Committer, IngestQueue, Outcome
 from fleet.keys import ZAP_DOMAIN, RobotAuthenticator, load_server_keypair
 from fleet.server_metrics import ServerMetrics
+from fleet.server_policy import PolicyService
+from fleet.server_sessions import Sessions
 
 log = logging.getLogger("fleet.server")
 
@@ -52,6 +54,10 @@ class ServerConfig:
     read_batch: int = 256  # messages read per wake-up at most
     log_interval: float = 10.0  # seconds between "acked N attempts (per robot)" log lines
     image_check_batch: int = 16  # uploads whose images are checked together (two threads)
+    policies_dir: Optional[Path] = None  # the learner's <out>/policies: watched, distributed
+    policy_poll_interval: float = 0.2  # how often latest.json / pin.json are stat()ed
+    session_ttl: float = 30.0  # a robot whose last HELLO is older is offline (no pushes)
+    max_policy_bytes: int = 64 * 1024 * 1024  # refuse to serve a bigger packed bundle
 
 
 class DataServer:
@@ -60,7 +66,10 @@ class DataServer:
     def __init__(self, config: ServerConfig, store: Any):
         self.config, self.store = config, store
         self.metrics = ServerMetrics(config.metrics_port)
-        self.sessions: dict[str, dict[str, Any]] = {}  # robot id -> last HELLO
+        self.sessions = Sessions(config.session_ttl)
+        self.policy = None if config.policies_dir is None else PolicyService(
+            config.policies_dir, config.max_policy_bytes, config.policy_poll_interval,
+            self.metrics)
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -108,15 +117,20 @@ class DataServer:
                               f"running there? pick another --bind)") from None
             log.info("serving on %s: %d robot key(s) admitted, limits %s", self.config.bind,
                      len(self.auth.robot_ids()), self.config.limits.as_dict())
+            if self.policy is not None:  # know the served policy before the first HELLO
+                self.policy.tick(self.sessions, self._send)
             if ready:
                 ready()
             poller = zmq.Poller()
             poller.register(self.socket, zmq.POLLIN)
             poller.register(self._wake_r, zmq.POLLIN)
             next_housekeeping = 0.0
+            wait_ms = int(min(200, self.config.policy_poll_interval * 1000))
             while not self._stopping.is_set():
                 room = self._update_read_interest(poller)
-                events = dict(poller.poll(200))
+                events = dict(poller.poll(wait_ms))
+                if self.policy is not None:
+                    self.policy.tick(self.sessions, self._send)
                 if self._wake_r in events:
                     self._drain_wake()
                 self._send_outcomes()
@@ -247,6 +261,11 @@ class DataServer:
                 self._on_upload(identity, seq, robot_id, body[1:])
             elif kind == P.MsgType.HELLO:
                 self._on_hello(identity, seq, robot_id, header)
+            elif kind == P.MsgType.FETCH_POLICY:
+                if self.policy is None:
+                    raise P.ProtocolError(P.ErrorCode.NO_POLICY, "this server distributes no "
+                                          "policies (started without --policies)")
+                self._send(identity, *self.policy.reply(seq, robot_id))
             elif kind == P.MsgType.COUNTERS:
                 self._send(identity, P.pack(P.MsgType.COUNTERS_REPLY, seq, **self.counters()))
             else:
@@ -280,14 +299,13 @@ class DataServer:
         if claimed != robot_id:
             raise P.ProtocolError(P.ErrorCode.FORBIDDEN,
                                   f"this key belongs to robot {robot_id!r}, not {claimed!r}")
-        first = robot_id not in self.sessions
-        self.sessions[robot_id] = {"policy_version": policy_version, "last_hello": time.time()}
-        self.metrics.hello(robot_id, policy_version)
-        if first:
-            log.info("robot %s connected, running policy v%d", robot_id, policy_version)
+        status = P.parse_status(header)
+        self.sessions.hello(robot_id, identity, policy_version, status)
+        self.metrics.hello(robot_id, policy_version, status)
         self._send(identity, P.pack(P.MsgType.WELCOME, seq, server_version=__version__,
                                     limits=self.config.limits.as_dict(),
-                                    max_steps=self.config.max_steps))
+                                    max_steps=self.config.max_steps,
+                                    policy=self.policy.announcement() if self.policy else None))
 
     # ------------------------------------------------------------------ replies
 
@@ -334,7 +352,8 @@ class DataServer:
         per_robot = self.store.counters()  # the store is thread-safe
         robots = {rid: _plain(c) for rid, c in per_robot.items()}
         n, nbytes = self.queue.depth()
-        return {"robots": robots, "sessions": self.sessions,
+        return {"robots": robots, "sessions": self.sessions.snapshot(),
+                "policy": self.policy.status() if self.policy is not None else None,
                 "server": {"commits": self.committer.commits,
                            "committed": self.committer.committed,
                            "queue_attempts": n, "queue_bytes": nbytes,

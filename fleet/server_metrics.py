@@ -10,6 +10,8 @@ from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from fleet.protocol import ROBOT_STATES
+
 BACKPRESSURE_REASONS = ("queue_full", "store_refused")
 
 
@@ -32,6 +34,16 @@ class ServerMetrics:
                              ["robot"], registry=r)
         self._last_hello = Gauge("fleet_robot_last_hello_seconds", "Unix time of last HELLO",
                                  ["robot"], registry=r)
+        self._robot_state = Gauge("fleet_robot_state", "1 for the state a robot reports",
+                                  ["robot", "state"], registry=r)
+        self._spool = Gauge("fleet_robot_spool_attempts", "Attempts in a robot's spool",
+                            ["robot"], registry=r)
+        self._spool_bytes = Gauge("fleet_robot_spool_bytes", "Bytes in a robot's spool",
+                                  ["robot"], registry=r)
+        self._served = Gauge("fleet_policy_served_version", "Policy version the server serves",
+                             registry=r)
+        self._pinned = Gauge("fleet_policy_pinned", "1 while an operator pins the version",
+                             registry=r)
         self._queue = Gauge("fleet_ingest_queue_attempts", "Attempts waiting for a commit",
                             registry=r)
         self._queue_bytes = Gauge("fleet_ingest_queue_bytes", "Bytes waiting for a commit",
@@ -71,9 +83,18 @@ class ServerMetrics:
     def busy(self, robot: str) -> None:
         self._child(self._busy, robot).inc()
 
-    def hello(self, robot: str, policy_version: int) -> None:
+    def hello(self, robot: str, policy_version: int, status: Optional[dict] = None) -> None:
         self._policy.labels(robot).set(policy_version)
         self._last_hello.labels(robot).set(time.time())
+        if status:
+            for state in ROBOT_STATES:
+                self._robot_state.labels(robot, state).set(1 if state == status["state"] else 0)
+            self._spool.labels(robot).set(status["spool_attempts"])
+            self._spool_bytes.labels(robot).set(status["spool_bytes"])
+
+    def set_policy(self, served_version: int, pinned: bool) -> None:
+        self._served.set(served_version)
+        self._pinned.set(1 if pinned else 0)
 
     def observe_commit(self, attempts: int, seconds: float) -> None:
         self._group.observe(attempts)

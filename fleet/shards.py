@@ -14,14 +14,17 @@ so rolling the same segment again after a crash rewrites the same shard instead 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import msgpack
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (Array.take needs it: import it now, not in a roll)
 import pyarrow.parquet as pq
 
 from fleet.wal import fsync_dir, fsync_file
@@ -68,6 +71,9 @@ STEPS_SCHEMA = pa.schema([
 
 #: Attempts per row group of an attempts file: read_attempt reads one group's headers.
 ATTEMPTS_ROW_GROUP = 256
+#: Steps row groups written per ParquetWriter call: big enough to amortise the call, small
+#: enough that a roll's Arrow copy of the images stays a few MB.
+_ROW_GROUPS_PER_WRITE = 16
 #: Attempt-level columns a reader keeps in memory (everything but the raw header).
 INDEX_COLUMNS = [n for n in ATTEMPTS_SCHEMA.names if n != "header"]
 
@@ -96,65 +102,141 @@ def _json_or_none(value: Any) -> str | None:
         v, (bytes, bytearray)) else repr(v))
 
 
+class _Columns:
+    """One shard's rows, gathered column by column from the logged frames.
+
+    Why column-wise: a roll handles every attempt the server ever acks, so per-row Python
+    work (a dict per step, a list append per cell) was the largest CPU cost of ingest. Here
+    each attempt costs one msgpack decode of its header and a few list appends; the step
+    columns are built once per shard from flat lists (pa.array / numpy), not row by row. The
+    headers are not validated again: the server validated them before they were logged and
+    the WAL's crc32 has guarded them since.
+    """
+
+    def __init__(self) -> None:
+        self.headers: list[dict] = []
+        self.header_frames: list[bytes] = []
+        self.stored_at: list[float] = []
+        self.encoded_bytes: list[int] = []
+        self.steps: list[dict] = []  # every step's header map, in shard order
+        self.images: list[bytes] = []
+        self.ids: set[str] = set()
+
+    def add(self, frames: list[bytes], stored_at: float) -> None:
+        """One attempt as logged; a second record of the same id is dropped."""
+        h = msgpack.unpackb(frames[0], raw=False)
+        if h["attempt_id"] in self.ids:
+            return
+        self.ids.add(h["attempt_id"])
+        if len(h["steps"]) != len(frames) - 1:
+            raise ValueError(f"attempt {h['attempt_id']!r}: {len(h['steps'])} steps but "
+                             f"{len(frames) - 1} images in the log")
+        self.headers.append(h)
+        self.header_frames.append(frames[0])
+        self.stored_at.append(stored_at)
+        self.encoded_bytes.append(sum(map(len, frames)))
+        self.steps.extend(h["steps"])
+        self.images.extend(frames[1:])
+
+    def attempts_table(self) -> pa.Table:
+        hs = self.headers
+        counts = np.fromiter((len(h["steps"]) for h in hs), np.int64, len(hs))
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        outcome = [h["outcome"] for h in hs]
+        cols = {
+            "attempt_id": [h["attempt_id"] for h in hs],
+            "robot_id": [h["robot_id"] for h in hs],
+            "policy_version": [h["policy_version"] for h in hs],
+            "policy_kind": [h["policy_kind"] for h in hs],
+            "outcome": outcome,
+            "label": [None if o == "aborted" else o == "success" for o in outcome],
+            "final_pose": _fixed_lists([h["final_pose"] for h in hs], 7, "final_pose"),
+            "gripper_after_lift": [h["gripper_after_lift"] for h in hs],
+            "started_at": [h["started_at"] for h in hs],
+            "ended_at": [h["ended_at"] for h in hs],
+            "stored_at": self.stored_at,
+            "image_height": [h["image_height"] for h in hs],
+            "image_width": [h["image_width"] for h in hs],
+            "num_steps": counts,
+            "step_offset": offsets,
+            "encoded_bytes": self.encoded_bytes,
+            "ground_truth_json": [_json_or_none(h.get("ground_truth")) for h in hs],
+            "extra_json": [_json_or_none(h.get("extra", {})) for h in hs],
+            "header": self.header_frames,
+        }
+        cols["header"] = _binary(self.header_frames)
+        return pa.table({n: c if isinstance(c, pa.Array) else pa.array(
+            c, ATTEMPTS_SCHEMA.field(n).type) for n, c in cols.items()}, schema=ATTEMPTS_SCHEMA)
+
+    def steps_tables(self, attempt_ids: pa.Array, counts: np.ndarray,
+                     chunk_steps: int) -> Iterator[pa.Table]:
+        """The steps file's rows, `chunk_steps` at a time.
+
+        The small columns are built once for the whole shard; the images are copied into
+        Arrow one chunk at a time, so a roll holds the logged frames plus one chunk, not two
+        copies of every image.
+        """
+        st = self.steps
+        owner = np.repeat(np.arange(len(counts)), counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        cols = {
+            "attempt_id": attempt_ids.take(pa.array(owner)),
+            "step": pa.array((np.arange(len(st)) - first).astype(np.int32)),
+            "stamp": pa.array([s["stamp"] for s in st], pa.float64()),
+            "ee_pose": _fixed_lists([s["ee_pose"] for s in st], 7, "ee_pose"),
+            "motion": _fixed_lists([s["motion"] for s in st], 4, "motion"),
+            "gripper": pa.array([s["gripper"] for s in st], pa.float64()),
+        }
+        for lo in range(0, len(st), chunk_steps):
+            hi = min(lo + chunk_steps, len(st))
+            chunk = {n: a.slice(lo, hi - lo) for n, a in cols.items()}
+            chunk["image_jpeg"] = _binary(self.images[lo:hi])
+            yield pa.table(chunk, schema=STEPS_SCHEMA)
+
+
+def _binary(values: list) -> pa.BinaryArray:
+    """A binary column from bytes-like values with one copy (b"".join), no per-value objects.
+
+    Why not pa.array: given views into a WAL segment (fleet.wal.scan's frames) it used memory
+    in proportion to the whole segment, not to the values.
+    """
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError("over 2 GiB of binary values in one column chunk")
+    return pa.Array.from_buffers(pa.binary(), len(values), [
+        None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))])
+
+
+def _fixed_lists(rows: list[list], width: int, name: str) -> pa.FixedSizeListArray:
+    """Rows of `width` numbers as one fixed_size_list column, from one flat float array."""
+    flat = list(itertools.chain.from_iterable(rows))
+    if len(flat) != width * len(rows):  # validated at ingest; a mismatch would shift rows
+        raise ValueError(f"{name}: every row must hold {width} numbers")
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float64()), width)
+
+
 class _ShardWriter:
-    """Builds one shard's two files from attempts, streaming steps in row groups."""
+    """Writes one shard's two files under temporary names and renames them into place."""
 
     def __init__(self, root: Path, seq: int, row_group_steps: int) -> None:
         self.name = shard_name(seq)
         self.final = {d: root / d / self.name for d in (STEPS_DIR, ATTEMPTS_DIR)}
         self.tmp = {d: root / d / f".{self.name}.tmp" for d in (STEPS_DIR, ATTEMPTS_DIR)}
         self.row_group_steps = row_group_steps
-        self.steps_writer = pq.ParquetWriter(
-            self.tmp[STEPS_DIR], STEPS_SCHEMA, compression={
+
+    def commit(self, rows: _Columns) -> int:
+        """Write, fsync and rename both files (steps first); returns the number of attempts."""
+        attempts = rows.attempts_table()
+        chunks = rows.steps_tables(attempts.column("attempt_id").combine_chunks(),
+                                   attempts.column("num_steps").to_numpy(),
+                                   _ROW_GROUPS_PER_WRITE * self.row_group_steps)
+        with pq.ParquetWriter(self.tmp[STEPS_DIR], STEPS_SCHEMA, compression={
                 n: ("none" if n == "image_jpeg" else "zstd") for n in STEPS_SCHEMA.names},
-            use_dictionary=["attempt_id"], write_statistics=["attempt_id", "step", "stamp"])
-        self.step_rows: dict[str, list] = {n: [] for n in STEPS_SCHEMA.names}
-        self.attempt_rows: dict[str, list] = {n: [] for n in ATTEMPTS_SCHEMA.names}
-        self.n_steps = 0
-
-    def add(self, frames: list[bytes], stored_at: float) -> None:
-        """One attempt, from its encoded frames (validated by the server before they were
-        logged, and crc-checked since: the header is read as is, without a second decode)."""
-        h = msgpack.unpackb(frames[0], raw=False)
-        aid, steps = h["attempt_id"], h["steps"]
-        a = self.attempt_rows
-        for key, value in (
-                ("attempt_id", aid), ("robot_id", h["robot_id"]),
-                ("policy_version", h["policy_version"]), ("policy_kind", h["policy_kind"]),
-                ("outcome", h["outcome"]),
-                ("label", None if h["outcome"] == "aborted" else h["outcome"] == "success"),
-                ("final_pose", h["final_pose"]), ("gripper_after_lift", h["gripper_after_lift"]),
-                ("started_at", h["started_at"]), ("ended_at", h["ended_at"]),
-                ("stored_at", stored_at), ("image_height", h["image_height"]),
-                ("image_width", h["image_width"]), ("num_steps", len(steps)),
-                ("step_offset", self.n_steps),
-                ("encoded_bytes", sum(len(f) for f in frames)),
-                ("ground_truth_json", _json_or_none(h.get("ground_truth"))),
-                ("extra_json", _json_or_none(h.get("extra", {}))), ("header", frames[0])):
-            a[key].append(value)
-        s = self.step_rows
-        s["attempt_id"].extend([aid] * len(steps))
-        s["step"].extend(range(len(steps)))
-        s["stamp"].extend(st["stamp"] for st in steps)
-        s["ee_pose"].extend(st["ee_pose"] for st in steps)
-        s["motion"].extend(st["motion"] for st in steps)
-        s["gripper"].extend(st["gripper"] for st in steps)
-        s["image_jpeg"].extend(frames[1:])
-        self.n_steps += len(steps)
-        if len(s["step"]) >= 16 * self.row_group_steps:  # fewer, larger writes
-            self._flush_steps()
-
-    def _flush_steps(self) -> None:
-        if self.step_rows["step"]:
-            table = pa.table(self.step_rows, schema=STEPS_SCHEMA)
-            self.steps_writer.write_table(table, row_group_size=self.row_group_steps)
-            self.step_rows = {n: [] for n in STEPS_SCHEMA.names}
-
-    def commit(self) -> int:
-        """Close, fsync and rename both files (steps first); returns the number of attempts."""
-        self._flush_steps()
-        self.steps_writer.close()
-        attempts = pa.table(self.attempt_rows, schema=ATTEMPTS_SCHEMA)
+                use_dictionary=["attempt_id"],
+                write_statistics=["attempt_id", "step", "stamp"]) as steps_file:
+            for table in chunks:
+                steps_file.write_table(table, row_group_size=self.row_group_steps)
         pq.write_table(attempts, self.tmp[ATTEMPTS_DIR], row_group_size=ATTEMPTS_ROW_GROUP,
                        use_dictionary=["robot_id", "policy_kind", "outcome"],
                        compression={n: ("none" if n == "header" else "zstd")
@@ -168,10 +250,6 @@ class _ShardWriter:
         return attempts.num_rows
 
     def abort(self) -> None:
-        try:
-            self.steps_writer.close()
-        except Exception:  # already failing; the temp files are removed below
-            pass
         for p in self.tmp.values():
             p.unlink(missing_ok=True)
 
@@ -184,12 +262,26 @@ def write_shard(root: Path, seq: int, records: Iterable[tuple[float, list[bytes]
     """
     writer = _ShardWriter(root, seq, row_group_steps)
     try:
+        rows = _Columns()
         for stored_at, frames in records:
-            writer.add(frames, stored_at)
-        return writer.commit()
+            rows.add(frames, stored_at)
+        return writer.commit(rows)
     except BaseException:
         writer.abort()
         raise
+
+
+def warm_up() -> None:
+    """Pay pyarrow's one-time start-up (~0.3 s of CPU: its kernel registry, memory pool) now.
+
+    The store's writer calls this when it opens, so the first roll does not take that CPU
+    from the server while robots wait for acks.
+    """
+    rows = _Columns()
+    rows.images = [b""]
+    rows.steps = [{"stamp": 0.0, "ee_pose": [0.0] * 7, "motion": [0.0] * 4, "gripper": 0.0}]
+    table = next(rows.steps_tables(pa.array(["warm"]), np.array([1]), 1))
+    pq.write_table(table, pa.BufferOutputStream(), compression="zstd")
 
 
 def ensure_dirs(root: Path) -> None:

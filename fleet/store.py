@@ -19,17 +19,18 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import msgpack
 
 from fleet.records import Attempt
 from fleet.shards import (STEPS_DIR, ensure_dirs, list_shards, read_index, remove_temp_files,
-                          shard_name, write_shard)
+                          shard_name, warm_up, write_shard)
 from fleet.store_counters import CounterBook, RobotCounters
 from fleet.store_types import (AppendResult, StoreConfig, StoreFullError, StoreHealth,
                                StoreLockedError)
-from fleet.wal import (WalSegment, encode_record, fsync_dir, fsync_file, list_segments, scan,
-                       segment_name)
+from fleet.wal import (WalRecord, WalSegment, fsync_dir, fsync_file,
+                       list_segments, record_parts, scan, segment_name)
 
 __all__ = ["AppendResult", "RobotCounters", "Store", "StoreConfig", "StoreFullError",
            "StoreHealth", "StoreLockedError"]
@@ -63,6 +64,7 @@ class Store:
                         "then find the disk full", config.root, config.min_free_bytes,
                         config.shard_max_bytes)
         self.root.mkdir(parents=True, exist_ok=True)
+        warm_up()
         self._lock_fd = self._take_lock()
         try:
             self._recover()
@@ -181,15 +183,18 @@ class Store:
             if not new:
                 self._count_duplicates(dup_robots)
                 return AppendResult([], duplicates)
-            blob = b"".join(encode_record(stored_at, frames) for _, frames in new)
-            self._check_space(len(blob))
+            parts = []
+            for _, frames in new:
+                parts += record_parts(stored_at, frames)
+            nbytes = sum(map(len, parts))
+            self._check_space(nbytes)
             if self._active.broken:
                 self._seal_active()
             try:
-                self._active.append(blob, len(new))
+                self._active.append(parts, len(new))
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    self._refused_bytes = len(blob)
+                    self._refused_bytes = nbytes
                     raise StoreFullError(
                         exc.errno, f"store disk {self.root} is full ({exc.strerror}); the batch "
                         f"of {len(new)} attempts was not stored: free space, then resend"
@@ -327,15 +332,9 @@ class Store:
 
     def _roll_segment(self, seq: int, path: Path) -> None:
         records, _ = scan(path)
-        unique, seen = [], set()
-        for r in records:  # a segment never holds an id twice; be sure anyway
-            aid = msgpack.unpackb(r.frames[0], raw=False)["attempt_id"]
-            if aid not in seen:
-                seen.add(aid)
-                unique.append((r.stored_at, r.frames))
-        del records
         t0 = time.monotonic()
-        n = write_shard(self.root, seq, unique, self.config.steps_row_group)
+        # write_shard keeps the first record of an id (a segment never holds one twice)
+        n = write_shard(self.root, seq, _hand_over(records), self.config.steps_row_group)
         path.unlink()
         fsync_dir(path.parent)
         log.info("store %s: rolled %d attempts into shard %s in %.2f s", self.root, n,
@@ -365,6 +364,15 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _hand_over(records: list[WalRecord]) -> Iterator[tuple[float, list[bytes]]]:
+    """Yield the records, dropping the list's reference to each: the shard writer then holds
+    the only copy of the frames, and frees the images once they are in an Arrow array."""
+    records.reverse()
+    while records:
+        r = records.pop()
+        yield r.stored_at, r.frames
 
 
 def _check_frames_match(attempt: Attempt, frames: list[bytes]) -> None:

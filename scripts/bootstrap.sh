@@ -25,3 +25,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install --quiet -e ".[ros,sim,dev]"
     echo "$want" > "$stamp"
 fi
+# The dashboard's browser test (tests/test_dashboard_browser.py) drives Debian's chromium through
+# Playwright's Python driver (never `playwright install`). Installed only if missing, and only
+# when this runs as root with apt-get; otherwise the test skips and says why.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[bootstrap] installing chromium + chromium-driver with apt-get (for the dashboard's browser test)"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+    else
+        echo "[bootstrap] /usr/bin/chromium is missing and this is not root with apt-get:" \
+             "the dashboard's browser test will skip (install chromium to run it)"
+    fi
+fi
