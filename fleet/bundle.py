@@ -21,7 +21,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Union
@@ -31,6 +30,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from fleet.durable import atomic_write
 from fleet.network import ARCHITECTURE_NAME, build_grasp_success_net
 
 BUNDLE_FORMAT = 1
@@ -133,30 +133,11 @@ def _require(d: dict, key: str, typ: type, what: str, where: str = "") -> None:
 
 # -- saving --------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write-then-rename with fsync, so a reader never sees half a file, even after a crash."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_files(directory: Path, meta_json: bytes, weights: bytes) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # Weights first: policy.json, which carries their checksum, lands last.
-    _atomic_write(directory / WEIGHTS_FILE, weights)
-    _atomic_write(directory / META_FILE, meta_json)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(directory / WEIGHTS_FILE, weights, sync_dir=False)
+    atomic_write(directory / META_FILE, meta_json)  # syncs the directory: both renames
 
 
 def save_bundle(path: PathLike, model: BundleModel, *, version: int,

@@ -19,14 +19,14 @@ import datetime as _dt
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from fleet.bundle import BundleMeta, save_bundle
+from fleet.durable import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +42,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be used; the message says what to do."""
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call write(file) on a temp file beside `path`, fsync it, rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def atomic_write_json(path: Path, value: dict[str, Any]) -> None:
     data = json.dumps(value, indent=2, sort_keys=True, allow_nan=False).encode()
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, data)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

@@ -18,12 +18,10 @@ scenes (paired comparison).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
 import os
-import struct
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Callable, Optional
 
 from fleet.bundle import META_FILE, BundleError, load_bundle
 from fleet.plan import CONFIG_DIR, load_arms, node_plan
+from fleet.attempt_file import AttemptFileError, unpack_frames
 from fleet.records import Attempt, RecordError, decode
 from fleet.sim_fleet import ros_env
 from fleet.supervisor import ChildSpec, Supervisor, SupervisorConfig
@@ -158,28 +157,12 @@ def is_test_object(name: str) -> bool:
 
 # ------------------------------------------------------------------------------- spool files
 
-_SPOOL_MAGIC = b"FLSPOOL1"
-_U32, _U64, _DIGEST = struct.Struct("<I"), struct.Struct("<Q"), 32
-
-
 def read_spool_file(path: Path) -> list[bytes]:
-    """The frames of one robot_node spool file (format: docs/robot-node.md, "Spool format").
-
-    Read here rather than through robot_node.spool because fleet never imports robot_node."""
-    data = path.read_bytes()
-    body, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if not body.startswith(_SPOOL_MAGIC) or hashlib.sha256(body).digest() != digest:
-        raise RecordError(f"{path}: not an intact spool file (bad magic or checksum)")
-    (count,) = _U32.unpack_from(body, len(_SPOOL_MAGIC))
-    offset, frames = len(_SPOOL_MAGIC) + _U32.size, []
-    for _ in range(count):
-        (length,) = _U64.unpack_from(body, offset)
-        offset += _U64.size
-        frames.append(body[offset:offset + length])
-        offset += length
-    if offset != len(body):
-        raise RecordError(f"{path}: frame lengths do not add up to the file")
-    return frames
+    """The frames of one robot_node spool file (fleet/attempt_file.py's format)."""
+    try:
+        return unpack_frames(path.read_bytes(), str(path))
+    except AttemptFileError as exc:
+        raise RecordError(str(exc)) from None
 
 
 class SpoolScanner:
@@ -199,7 +182,7 @@ class SpoolScanner:
                 continue
             try:
                 self._seen[key] = decode(read_spool_file(path))
-            except (OSError, RecordError, struct.error) as exc:
+            except (OSError, RecordError) as exc:
                 log.warning("skipping unreadable spool file %s: %s", path, exc)
                 self._seen[key] = None
         return [a for _, a in sorted(self._seen.items()) if a is not None]

@@ -1,12 +1,8 @@
 """The robot's durable local spool: one file per attempt, holding exactly `records.encode()`'s
 frames, until the data server acknowledges it.
 
-File format (`<ended_ns>-<attempt_id>.attempt`, little endian):
-
-    b"FLSPOOL1"                     8-byte magic (format version 1)
-    u32 n                           number of frames
-    n x (u64 length, bytes)         the frames, unchanged: [msgpack header, jpeg, jpeg, ...]
-    32 bytes                        SHA-256 of everything before it
+File format (`<ended_ns>-<attempt_id>.attempt`): fleet's attempt file (fleet/attempt_file.py:
+magic, length-prefixed frames, SHA-256), so fleet's tools read a spool without robot_node.
 
 Durability: a file is written under a temporary name, fsync'd, renamed into place and the
 directory fsync'd, so after a crash (even `kill -9` or power loss) the spool holds only complete
@@ -16,72 +12,37 @@ the node pauses collecting instead (`has_room`).
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-MAGIC = b"FLSPOOL1"
+from fleet.attempt_file import MAGIC, AttemptFileError, pack_frames  # noqa: F401 (re-export)
+from fleet.attempt_file import unpack_frames as _unpack
+from fleet.durable import atomic_write, fsync_dir
+
 SUFFIX = ".attempt"
 TMP_SUFFIX = ".tmp"
 CORRUPT_SUFFIX = ".corrupt"
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_DIGEST = 32
 
 
 class SpoolError(Exception):
     """A spool file is unreadable or corrupt, or the spool directory is unusable."""
 
 
+def unpack_frames(data: bytes, source: str = "spool file") -> list[bytes]:
+    """The frames of a spool file; raises SpoolError saying what is wrong."""
+    try:
+        return _unpack(data, source)
+    except AttemptFileError as exc:
+        raise SpoolError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class SpoolEntry:
     name: str
     size: int
-
-
-def pack_frames(frames: list[bytes]) -> bytes:
-    """The spool file's bytes for these frames."""
-    parts = [MAGIC, _U32.pack(len(frames))]
-    for frame in frames:
-        parts += [_U64.pack(len(frame)), bytes(frame)]
-    body = b"".join(parts)
-    return body + hashlib.sha256(body).digest()
-
-
-def unpack_frames(data: bytes, source: str = "spool file") -> list[bytes]:
-    """Inverse of pack_frames; raises SpoolError saying what is wrong."""
-    if len(data) < len(MAGIC) + _U32.size + _DIGEST or not data.startswith(MAGIC):
-        raise SpoolError(f"{source}: not a spool file (bad magic or truncated)")
-    body, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if hashlib.sha256(body).digest() != digest:
-        raise SpoolError(f"{source}: checksum mismatch (file damaged)")
-    (count,) = _U32.unpack_from(body, len(MAGIC))
-    offset = len(MAGIC) + _U32.size
-    frames = []
-    for i in range(count):
-        if offset + _U64.size > len(body):
-            raise SpoolError(f"{source}: frame {i} header runs past the end")
-        (length,) = _U64.unpack_from(body, offset)
-        offset += _U64.size
-        if offset + length > len(body):
-            raise SpoolError(f"{source}: frame {i} runs past the end")
-        frames.append(body[offset:offset + length])
-        offset += length
-    if offset != len(body):
-        raise SpoolError(f"{source}: {len(body) - offset} stray bytes after the last frame")
-    return frames
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -108,21 +69,7 @@ class Spool:
         """Store an attempt's frames durably; returns once the file survives a crash."""
         name = f"{time.time_ns():020d}-{attempt_id}{SUFFIX}"
         data = pack_frames(frames)
-        final = self.directory / name
-        tmp = self.directory / f".{name}{TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.rename(tmp, final)
-        _fsync_dir(self.directory)
+        atomic_write(self.directory / name, data, tmp_suffix=TMP_SUFFIX)
         with self._lock:
             self._sizes[name] = len(data)
         return SpoolEntry(name, len(data))
@@ -146,7 +93,7 @@ class Spool:
     def remove(self, name: str) -> None:
         """Drop an attempt: only once the server acknowledged it."""
         (self.directory / name).unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         with self._lock:
             self._sizes.pop(name, None)
 
