@@ -82,6 +82,24 @@ def test_validate_upload_refusals_name_the_problem():
     assert _code(P.validate_upload, encode(wrong_size), "arm1", 10) == P.ErrorCode.BAD_IMAGE
 
 
+def test_every_step_image_is_checked_not_only_the_decoded_sample():
+    good = make_attempt("arm1").steps[0].image_jpeg
+    assert P.jpeg_structure_error(good, 64, 64) is None
+    sof = next(i for i in range(2, len(good)) if good[i] == 0xFF and good[i + 1] == 0xC0)
+    sos = good.index(b"\xff\xda")
+    broken = {
+        "truncated": good[:len(good) // 2],
+        "no SOS": good[:sos] + b"\xff\xd9",
+        "segment past the end": good[:sof + 2] + b"\xff\xff" + good[sof + 4:],
+        "no SOF": good[:sof] + good[sof + 19:],
+    }
+    for name, jpeg in broken.items():
+        assert P.jpeg_structure_error(jpeg, 64, 64) is not None, name
+        a = make_attempt("arm1", steps=9)
+        a.steps[7].image_jpeg = jpeg  # one bad image among good ones: always refused
+        assert _code(P.validate_upload, encode(a), "arm1", 10) == P.ErrorCode.BAD_IMAGE, name
+
+
 @pytest.mark.parametrize("field, value", [
     ("started_at", 12.0), ("policy_version", 2**40), ("gripper_after_lift", 3.0),
     ("final_pose", (0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 5.0)), ("final_pose", (99, 0, 0, 0, 0, 0, 1)),

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import cv2
+import msgpack
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -223,6 +224,15 @@ def test_frames_of_another_attempt_are_refused(tmp_path, rng):
         with pytest.raises(ValueError, match="not fleet.records.encode"):
             store.append([(a, encode(b))])
         assert not store.contains(a.attempt_id) and not store.contains(b.attempt_id)
+
+
+@pytest.mark.parametrize("sizes", [[], [0, 255], [256, 65535, 65536], [3] * 17])
+def test_wal_record_is_msgpack_of_stored_at_and_frames(sizes):
+    """record_parts writes the frames without copying them, byte for byte what msgpack would."""
+    frames = [os.urandom(n) for n in sizes]
+    payload = msgpack.packb([1234.5, frames], use_bin_type=True)
+    record = encode_record(1234.5, frames)
+    assert record[12:] == payload and record[:4] == b"FWAL"
 
 
 @settings(max_examples=40, deadline=None)
