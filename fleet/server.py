@@ -25,6 +25,7 @@ import zmq
 
 from fleet import __version__
 from fleet import protocol as P
+from fleet import validation as V
 from fleet.ingest import Committer, IngestQueue, Outcome
 from fleet.keys import ZAP_DOMAIN, RobotAuthenticator, load_server_keypair
 from fleet.server_metrics import ServerMetrics
@@ -281,7 +282,7 @@ class DataServer:
                                           retry_after=self.config.busy_retry_after))
 
     def _on_upload(self, identity: bytes, seq, robot_id: str, record: list[bytes]) -> None:
-        attempt = P.validate_record(record, robot_id, self.config.max_steps)
+        attempt = V.validate_record(record, robot_id, self.config.max_steps)
         self._uploads.append((identity, seq, robot_id, attempt, record))
 
     def _queue_upload(self, identity: bytes, seq, robot_id: str, attempt, record) -> None:
@@ -383,7 +384,7 @@ def _image_errors(batch: list[tuple]) -> list[Optional[P.ProtocolError]]:
     errors: list[Optional[P.ProtocolError]] = []
     for *_, attempt, _record in batch:
         try:
-            P.check_images(attempt)
+            V.check_images(attempt)
             errors.append(None)
         except P.ProtocolError as exc:
             errors.append(exc)

@@ -5,6 +5,7 @@ import msgpack
 import pytest
 
 from fleet import protocol as P
+from fleet import validation as V
 from fleet.records import encode
 from server_helpers import make_attempt
 
@@ -65,26 +66,26 @@ def test_size_limits():
 
 def test_validate_upload_accepts_a_real_attempt():
     a = make_attempt("arm1", steps=4)
-    got = P.validate_upload(encode(a), "arm1", max_steps=10)
+    got = V.validate_upload(encode(a), "arm1", max_steps=10)
     assert got.attempt_id == a.attempt_id and len(got.steps) == 4
 
 
 def test_validate_upload_refusals_name_the_problem():
     a = make_attempt("arm1")
-    assert _code(P.validate_upload, encode(a), "arm2", 10) == P.ErrorCode.FORBIDDEN
-    assert _code(P.validate_upload, encode(make_attempt("arm1", steps=5)), "arm1", 4) == \
+    assert _code(V.validate_upload, encode(a), "arm2", 10) == P.ErrorCode.FORBIDDEN
+    assert _code(V.validate_upload, encode(make_attempt("arm1", steps=5)), "arm1", 4) == \
         P.ErrorCode.BAD_RECORD
-    assert _code(P.validate_upload, encode(a)[:-1], "arm1", 10) == P.ErrorCode.BAD_RECORD
+    assert _code(V.validate_upload, encode(a)[:-1], "arm1", 10) == P.ErrorCode.BAD_RECORD
     bad_jpeg = make_attempt("arm1", jpeg=b"\xff\xd8not a jpeg at all")
-    assert _code(P.validate_upload, encode(bad_jpeg), "arm1", 10) == P.ErrorCode.BAD_IMAGE
+    assert _code(V.validate_upload, encode(bad_jpeg), "arm1", 10) == P.ErrorCode.BAD_IMAGE
     wrong_size = make_attempt("arm1")
     wrong_size.image_width = 32
-    assert _code(P.validate_upload, encode(wrong_size), "arm1", 10) == P.ErrorCode.BAD_IMAGE
+    assert _code(V.validate_upload, encode(wrong_size), "arm1", 10) == P.ErrorCode.BAD_IMAGE
 
 
 def test_every_step_image_is_checked_not_only_the_decoded_sample():
     good = make_attempt("arm1").steps[0].image_jpeg
-    assert P.jpeg_structure_error(good, 64, 64) is None
+    assert V.jpeg_structure_error(good, 64, 64) is None
     sof = next(i for i in range(2, len(good)) if good[i] == 0xFF and good[i + 1] == 0xC0)
     sos = good.index(b"\xff\xda")
     broken = {
@@ -94,10 +95,10 @@ def test_every_step_image_is_checked_not_only_the_decoded_sample():
         "no SOF": good[:sof] + good[sof + 19:],
     }
     for name, jpeg in broken.items():
-        assert P.jpeg_structure_error(jpeg, 64, 64) is not None, name
+        assert V.jpeg_structure_error(jpeg, 64, 64) is not None, name
         a = make_attempt("arm1", steps=9)
         a.steps[7].image_jpeg = jpeg  # one bad image among good ones: always refused
-        assert _code(P.validate_upload, encode(a), "arm1", 10) == P.ErrorCode.BAD_IMAGE, name
+        assert _code(V.validate_upload, encode(a), "arm1", 10) == P.ErrorCode.BAD_IMAGE, name
 
 
 @pytest.mark.parametrize("field, value", [
@@ -108,5 +109,5 @@ def test_absurd_values_are_refused(field, value):
     a = make_attempt("arm1")
     setattr(a, field, value)
     with pytest.raises(P.ProtocolError) as info:
-        P.validate_upload(encode(a), "arm1", 10)
+        V.validate_upload(encode(a), "arm1", 10)
     assert info.value.code == P.ErrorCode.BAD_RECORD and field.split("_")[0] in info.value.message
