@@ -219,12 +219,17 @@ class GraspLoop:
                           workspace_max=np.asarray(c.workspace_max, float),
                           initial_image=initial_image)
         self.on_decision(True)
+        started = time.monotonic()
         try:
             decision = policy.decide(obs)
         except Exception as exc:  # a broken policy ends the attempt, never the node
             raise AttemptAborted(f"policy failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self.on_decision(False)
+            if self._rec is not None:  # policy time within "servo" (the rest is motion)
+                timing = self._rec.extra.setdefault("timing", {})
+                timing["decide"] = round(timing.get("decide", 0.0) + time.monotonic()
+                                         - started, 4)
         self._check()  # a stall or e-stop during the decision: its motion must not go out
         return decision
 
@@ -257,6 +262,7 @@ class GraspLoop:
     def _abort(self, rec: AttemptRecorder, last: Optional[ArmState], reason: str) -> Attempt:
         self.arm.stop()
         pose = last.ee_pose if last else (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+        self._account_phase_time()  # the phase it died in counts too
         attempt = rec.finish("aborted", pose, last.gripper if last else 0.0, None,
                              abort_reason=reason, abort_phase=self.phase)
         log.warning("[%s] attempt %s aborted in phase %s: %s", self.config.arm_id,
@@ -268,10 +274,14 @@ class GraspLoop:
 
     def _phase(self, phase: str) -> None:
         """Enter a phase; wall seconds spent per phase go into the attempt's extra["timing"]."""
+        self._account_phase_time()
+        self.phase = phase
+        self.on_phase(phase)
+
+    def _account_phase_time(self) -> None:
+        """Add the time since the last phase change to the current phase's total."""
         now = time.monotonic()
         if self._rec is not None and self.phase != "idle":
             timing = self._rec.extra.setdefault("timing", {})
             timing[self.phase] = round(timing.get(self.phase, 0.0) + now - self._since, 4)
         self._since = now
-        self.phase = phase
-        self.on_phase(phase)

@@ -35,16 +35,21 @@ from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool, String
 
+from fleet.protocol import RobotStatus
 from fleet.records import Attempt, encode
 from robot_node.arm_client import RELIABLE_10, RosArm
 from robot_node.diagnostics import NodeStatus, diagnostic_array
 from robot_node.grasp_loop import GraspLoop
 from robot_node.params import ConfigError, NodeConfig, declare_config
-from robot_node.policy_runtime import PolicyRuntime
+from robot_node.policy_runtime import PolicyRuntime, set_torch_threads
 from robot_node.safety import EStop, Watchdog
 from robot_node.spool import Spool, SpoolError
 
 WATCHED_PHASES = ("servo", "close", "lift", "label")
+#: Node states as the server's HELLO status knows them (docs/protocol.md); others as is.
+HEARTBEAT_STATES = {"stopping": "idle"}
+#: This many aborted attempts in a row (a dead arm, a broken policy) report `error`.
+ERROR_AFTER_ABORTS = 3
 STATUS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -57,9 +62,17 @@ class _RosLogHandler(logging.Handler):
         self._logger = node.get_logger()
 
     def emit(self, record: logging.LogRecord) -> None:
-        level = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
-                 logging.ERROR: "error"}.get(record.levelno, "error")
-        getattr(self._logger, level)(self.format(record))
+        # rclpy remembers the severity of each call site and raises if it changes, so every
+        # level needs its own call line.
+        text = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self._logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(text)
+        elif record.levelno >= logging.INFO:
+            self._logger.info(text)
+        else:
+            self._logger.debug(text)
 
 
 class RobotNode:
@@ -74,6 +87,7 @@ class RobotNode:
         self.watchdog = Watchdog(config.camera_stall, config.policy_stall)
         self.arm = RosArm(node, config, self.interrupted, on_image=self.watchdog.image_seen)
         self.estop = EStop(on_engage=self.arm.halt)
+        set_torch_threads(config.torch_threads)  # a CEM decision 10x faster on a busy host
         self.runtime = PolicyRuntime(config)
         self.loop = GraspLoop(config, self.arm, self._store, interrupted=self.interrupted,
                               on_decision=self._on_decision, on_phase=self._on_phase)
@@ -81,6 +95,7 @@ class RobotNode:
         self._unwritten: Optional[tuple[str, list[bytes]]] = None
         self._last_attempt_bytes = 0
         self._recent: deque[float] = deque(maxlen=20)
+        self._consecutive_aborts = 0
         self.uploader = None
         for topic in (config.estop_topic, config.arm_estop_topic):
             node.create_subscription(Bool, topic, lambda m, t=topic: self._on_estop(t, m),
@@ -167,10 +182,23 @@ class RobotNode:
             s.attempts_per_min = 60 * (len(self._recent) - 1) / (self._recent[-1] - self._recent[0])
         if self.uploader is not None:
             s.uploaded, s.upload_error = self.uploader.acked, self.uploader.last_error
-            self.uploader.policy_version = s.policy_version  # the server hears it in HELLO
+        self._report_to_server()
         self._status_pub.publish(String(data=s.to_json()))
         self._diag_pub.publish(diagnostic_array(s, self.node.get_fully_qualified_name(),
                                                 self.node.get_clock().now().to_msg()))
+
+    def _report_to_server(self) -> None:
+        """Hand the uploader the heartbeat status and the policy version in service."""
+        if self.uploader is None:
+            return
+        st = self.loop.stats
+        state = HEARTBEAT_STATES.get(self.status.state, self.status.state)
+        if self._consecutive_aborts >= ERROR_AFTER_ABORTS:
+            state = "error"
+        self.uploader.status = RobotStatus(state, spool_attempts=len(self.spool),
+                                           spool_bytes=self.spool.used_bytes,
+                                           attempts=st.attempts, successes=st.successes)
+        self.uploader.policy_version = self.runtime.version
 
     def _set_state(self, state: str, reason: str = "") -> None:
         if state != self.status.state or reason != self.status.paused_reason:
@@ -189,7 +217,6 @@ class RobotNode:
         self.log.info(f"[{c.arm_id}] robot_node up: spool {self.spool.directory} "
                       f"({len(self.spool)} attempts waiting), T={c.max_steps}, exploration "
                       f"'{c.exploration_policy}', bundles from '{c.bundle_path or '-'}'")
-        consecutive_aborts = 0
         while not self.stop_event.is_set():
             if self.estop.engaged:
                 self._set_state("estopped")
@@ -215,6 +242,7 @@ class RobotNode:
             change = self.runtime.poll()
             if change and change.startswith("loaded"):
                 self.log.info(f"[{c.arm_id}] {change}")
+                self._report_to_server()  # the new version is in service from now on
             elif change:  # rclpy: one log call site, one severity
                 self.log.error(f"[{c.arm_id}] {change}")
             policy = self.runtime.current()
@@ -225,17 +253,23 @@ class RobotNode:
                 self.arm.stop()
                 self.log.error(f"[{c.arm_id}] attempt failed unexpectedly (not counted):\n"
                                f"{traceback.format_exc()}")
-                consecutive_aborts += 1
-                self.stop_event.wait(min(5.0, 0.1 * 2 ** min(consecutive_aborts, 6)))
+                self._consecutive_aborts += 1
+                self._back_off()
                 continue
             self.status.policy_kind = attempt.policy_kind
             self._recent.append(time.monotonic())
             self._log_attempt(attempt)
-            consecutive_aborts = consecutive_aborts + 1 if attempt.outcome == "aborted" else 0
-            if consecutive_aborts:  # back off so a dead arm does not spin the loop
-                self.stop_event.wait(min(5.0, 0.1 * 2 ** min(consecutive_aborts, 6)))
+            aborted = attempt.outcome == "aborted"
+            self._consecutive_aborts = self._consecutive_aborts + 1 if aborted else 0
+            self._back_off()
         self._set_state("stopping")
         self.arm.stop()
+
+    def _back_off(self) -> None:
+        """After consecutive aborts wait 0.2 s doubling to 5 s, so a dead arm does not spin
+        the loop; no wait after a completed attempt."""
+        if self._consecutive_aborts:
+            self.stop_event.wait(min(5.0, 0.1 * 2 ** min(self._consecutive_aborts, 6)))
 
     def _log_attempt(self, a: Attempt) -> None:
         st = self.loop.stats

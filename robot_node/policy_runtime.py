@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
+
 from fleet.bundle import META_FILE, WEIGHTS_FILE, BundleError, BundleMeta, load_bundle
 from fleet.cem import CEMConfig
 from fleet.exploration import DescentConfig, MixedPolicy, RandomDescentPolicy, RandomPolicy
@@ -53,6 +55,19 @@ def make_exploration(name: str, max_step: float = StepLimits.max_translation) ->
     if not isinstance(policy, Policy):
         raise ConfigError(f"exploration_policy {name!r} is not a fleet.policy.Policy")
     return policy
+
+
+def set_torch_threads(threads: int) -> None:
+    """Pin torch's intra-op pool (0 keeps torch's default of one thread per core); a process-
+    wide setting, so the node's process calls it (robot_node.node), not the runtime itself.
+
+    Why: a CEM decision is four small batched forward passes. With torch's default pool every
+    pass wakes one spinning thread per core, which on a controller also running the simulator,
+    other arms or the learner turns a 5 ms decision into 300-700 ms (measured in `fleet sim
+    --arms 2` on 2 cores; docs/robot-node.md). One thread keeps it at tens of ms.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

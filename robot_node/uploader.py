@@ -6,6 +6,12 @@ wait for the network. A spool file's frames go out unchanged. An attempt the ser
 good (e.g. malformed) is quarantined in the spool (renamed `.corrupt`), never deleted; one that
 cannot be read back is quarantined too. After a restart the whole spool is simply submitted
 again: the server deduplicates by attempt id.
+
+It is also the robot's voice to the server: every HELLO heartbeat carries the node's latest
+`status` (a fleet.client.RobotStatus the node sets), and a change of the policy in service (set
+by the node after the swap between attempts, never at download) is sent in a HELLO at once, so
+the server, its metrics and the monitor see the new version within a poll (0.2 s), not at the
+next 5 s heartbeat.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from fleet.client import ClientConfig, UploadClient
+from fleet.client import ClientConfig, RobotStatus, UploadClient
 from fleet.keys import ClientKeys
 from robot_node.params import ConfigError, NodeConfig
 from robot_node.policy_runtime import PIN_FILE, bundle_dir_name
@@ -41,7 +47,9 @@ class SpoolUploader:
         self.acked = 0
         self.refused = 0
         self.last_error = ""
+        #: Set by the node (any thread): the policy version in service and the heartbeat.
         self.policy_version = 0
+        self.status: Optional[RobotStatus] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._names: dict[str, str] = {}  # attempt id -> spool file name, while in flight
@@ -77,7 +85,7 @@ class SpoolUploader:
         client = UploadClient(self.client_config)
         try:
             while not self._stop.is_set():
-                client.config.policy_version = self.policy_version
+                self._heartbeat(client)
                 self._fill(client)
                 for done in client.poll(self.idle_poll):
                     self._finish(done)
@@ -91,6 +99,15 @@ class SpoolUploader:
             log.exception("uploader stopped")
         finally:
             client.close()
+
+    def _heartbeat(self, client: UploadClient) -> None:
+        """The node's status goes with the next heartbeat; a new policy version goes now."""
+        status, version = self.status, self.policy_version
+        if status is not None:
+            client.set_status(status)
+        if version != client.config.policy_version:
+            client.hello(policy_version=version)
+            log.info("told the server: running policy v%d", version)
 
     def _fill(self, client: UploadClient) -> None:
         """Submit the oldest spooled attempts not yet in flight, while the window has room."""

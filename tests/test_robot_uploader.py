@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fleet.client import ClientConfig
+from fleet.client import ClientConfig, RobotStatus, UploadClient
 from fleet.keys import ClientKeys
 from fleet.records import encode
 from robot_node.spool import Spool
@@ -56,7 +56,13 @@ def test_missing_keys_are_a_config_error_naming_the_fix(tmp_path):
                                   Spool(tmp_path, 1000))
 
 
-def test_policy_pushed_by_the_server_is_installed_for_the_runtime(tmp_path):
+def _session(observer: UploadClient, robot: str) -> dict:
+    return observer.counters(timeout=5.0)["sessions"].get(robot, {})
+
+
+def test_pushed_policy_is_installed_and_reported_only_once_in_service(tmp_path):
+    """Install on push; the server hears the version at once when the node says it is in
+    service (after its swap between attempts), not at download, and gets the status."""
     import torch
 
     from fleet.checkpoint import write_policy
@@ -64,7 +70,7 @@ def test_policy_pushed_by_the_server_is_installed_for_the_runtime(tmp_path):
     from robot_node.params import NodeConfig
     from robot_node.policy_runtime import PolicyRuntime
 
-    keys = make_keys(tmp_path / "keys", "arm1")
+    keys = make_keys(tmp_path / "keys", "arm1", "observer")
     learner = tmp_path / "learner"
     (learner / "policies").mkdir(parents=True)
     torch.manual_seed(0)
@@ -72,15 +78,34 @@ def test_policy_pushed_by_the_server_is_installed_for_the_runtime(tmp_path):
                  metrics={"val_loss": 0.5})
     bundles = tmp_path / "bundles"
     spool = Spool(tmp_path / "spool", 1 << 30)
-    cfg = ClientConfig("", "arm1", ClientKeys.from_dir(keys, "arm1"), ack_timeout=1.0)
+    # heartbeats 30 s apart: only the HELLO sent on the swap can tell the server in time
+    cfg = ClientConfig("", "arm1", ClientKeys.from_dir(keys, "arm1"), ack_timeout=1.0,
+                       hello_interval=30.0)
     with ServerProcess(tmp_path / "data", keys,
                        extra=("--policies", str(learner / "policies"))) as server:
         cfg.endpoint = server.endpoint
+        observer = UploadClient(ClientConfig(server.endpoint, "observer",
+                                             ClientKeys.from_dir(keys, "observer")))
         up = SpoolUploader(spool, cfg, idle_poll=0.05, bundle_dir=bundles)
+        up.status = RobotStatus("starting")
         up.start()
         try:
             wait_for(lambda: up.policies_installed == 1, 30, "policy v4 installed")
+            # downloaded and installed, not yet in service: the server still hears v0
+            session = wait_for(lambda: _session(observer, "arm1"), 10, "arm1's HELLO")
+            assert session["policy_version"] == 0 and session["status"]["state"] == "starting"
+            runtime = PolicyRuntime(NodeConfig(arm_id="arm1", bundle_path=str(bundles)))
+            assert "version 4" in runtime.poll(force=True) and runtime.version == 4
+            up.status = RobotStatus("collecting", spool_attempts=0, spool_bytes=0, attempts=7,
+                                    successes=2)
+            swapped = time.monotonic()
+            up.policy_version = runtime.version  # what the node does right after the swap
+            wait_for(lambda: _session(observer, "arm1").get("policy_version") == 4, 10,
+                     "the server to hear v4 in service", interval=0.05)
+            assert time.monotonic() - swapped < 2.0
+            assert _session(observer, "arm1")["status"] == {
+                "state": "collecting", "spool_attempts": 0, "spool_bytes": 0, "attempts": 7,
+                "successes": 2}
         finally:
             up.stop()
-    runtime = PolicyRuntime(NodeConfig(arm_id="arm1", bundle_path=str(bundles)))
-    assert "version 4" in runtime.poll(force=True) and runtime.version == 4
+            observer.close()
