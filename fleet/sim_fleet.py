@@ -42,6 +42,7 @@ class SimFleetConfig:
     port: int = 5555  # data server port on 127.0.0.1
     metrics_port: Optional[int] = 9100  # data server's Prometheus /metrics
     learner: bool = True  # also train and publish policies
+    dashboard_port: Optional[int] = 8080  # `fleet monitor` web dashboard; None: no monitor
     learner_min_attempts: int = 50  # labelled attempts before the first training step
     learner_cycle_s: float = 120.0  # validate / checkpoint / maybe publish this often
     learner_cycle_steps: int = 400  # ... or after this many training steps
@@ -81,7 +82,7 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
     keys, store, learner = data / "keys", data / "store", data / "learner"
     policies = learner / "policies"
     policies.mkdir(parents=True, exist_ok=True)
-    ensure_keys(keys, [a.name for a in arms])
+    ensure_keys(keys, [a.name for a in arms] + (["monitor"] if cfg.dashboard_port else []))
     python = sys.executable
     server = [python, "-m", "fleet.cli", "serve", "--data", str(store), "--keys", str(keys),
               "--bind", f"tcp://127.0.0.1:{cfg.port}", "--policies", str(policies)]
@@ -94,6 +95,11 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
             "--min-attempts", str(cfg.learner_min_attempts),
             "--cycle-every-seconds", str(cfg.learner_cycle_s),
             "--cycle-every-steps", str(cfg.learner_cycle_steps), "--no-progress"]))
+    if cfg.dashboard_port:
+        out.append(ChildSpec(name="monitor", env={"PYTHONUNBUFFERED": "1"}, argv=[
+            python, "-m", "fleet.cli", "monitor", "--server", f"tcp://127.0.0.1:{cfg.port}",
+            "--keys", str(keys), "--key-name", "monitor", "--port", str(cfg.dashboard_port),
+            "--learner-dir", str(learner)]))
     env = ros_env(cfg.ros_domain_id)
     for node in node_plan(arms):
         if node.module == "robot_node.node":
@@ -125,6 +131,10 @@ def run(cfg: SimFleetConfig) -> int:
     print(f"fleet sim: {len(specs)} processes for {cfg.arms or default_arm_count()} arms "
           f"(ROS_DOMAIN_ID={cfg.ros_domain_id})")
     data = cfg.data_dir.resolve()
+    if cfg.dashboard_port:
+        print(f"  dashboard:   http://127.0.0.1:{cfg.dashboard_port}/   "
+              f"(or: fleet status --watch --keys {data / 'keys'} "
+              f"--server tcp://127.0.0.1:{cfg.port})")
     print(f"  data server: tcp://127.0.0.1:{cfg.port}   store: {data / 'store'}")
     if cfg.metrics_port:
         print(f"  metrics:     http://127.0.0.1:{cfg.metrics_port}/metrics")
@@ -154,7 +164,8 @@ def _cmd_sim(args) -> int:
                               learner_min_attempts=args.learner_min_attempts,
                               learner_cycle_s=args.learner_cycle_s,
                               learner_cycle_steps=args.learner_cycle_steps,
-                              metrics_port=args.metrics_port or None))
+                              metrics_port=args.metrics_port or None,
+                              dashboard_port=args.dashboard_port or None))
 
 
 def add_sim(sub) -> None:
@@ -180,4 +191,6 @@ def add_sim(sub) -> None:
                    help="how often the learner validates and maybe publishes, s")
     p.add_argument("--learner-cycle-steps", type=int, default=400,
                    help="... or after this many training steps, whichever comes first")
+    p.add_argument("--dashboard-port", type=int, default=8080,
+                   help="web dashboard port on 127.0.0.1 (0: no dashboard)")
     p.set_defaults(func=_cmd_sim)

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.request
 import sys
 import time
 from pathlib import Path
@@ -88,16 +89,28 @@ def _log_tail(data: Path, name: str, chars: int = 2500) -> str:
                                else "(no log)")
 
 
+def _dashboard_shows_arms(port: int, seen: dict[str, Any]) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as r:
+            status = json.load(r)
+    except OSError:
+        return False
+    rows = {row["robot_id"]: row for row in status.get("robots", [])}
+    seen["dashboard"] = status
+    return all((rows.get(arm) or {}).get("attempts") for arm in ARMS)
+
+
 def test_fleet_sim_learns_pushes_switches_and_stops_cleanly(tmp_path: Path, ros_domain) -> None:
     data = tmp_path / "run"
     keys = data / "keys"
     create_robot_key(keys, "observer")  # the test's own key: asks the server for counters
     out = open(tmp_path / "fleet_sim.out", "w+")
-    port = _free_port()
+    port, dashboard = _free_port(), _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fleet.cli", "sim", "--arms", "2", "--data", str(data),
          "--ros-domain-id", str(ros_domain.domain_id), "--port", str(port),
-         "--metrics-port", str(_free_port()), *LEARNER_FLAGS],
+         "--metrics-port", str(_free_port()), "--dashboard-port", str(dashboard),
+         *LEARNER_FLAGS],
         stdout=out, stderr=subprocess.STDOUT, env=ros_domain.env, cwd=REPO_ROOT)
     client: Optional[UploadClient] = None
     seen: dict[str, Any] = {}
@@ -117,6 +130,9 @@ def test_fleet_sim_learns_pushes_switches_and_stops_cleanly(tmp_path: Path, ros_
                                                  "arm2_robot_node"))) from None
         assert proc.poll() is None, f"fleet sim exited early: {proc.returncode}"
         print(f"fleet ready after {time.monotonic() - started:.0f} s: {seen['counters']}")
+        # The dashboard that `fleet sim` started shows both arms collecting on the served policy.
+        wait_for(lambda: _dashboard_shows_arms(dashboard, seen), timeout=30, interval=1.0,
+                 what="the dashboard's /api/status to list both arms with stored attempts")
     finally:
         if client is not None:
             client.close()
@@ -132,8 +148,9 @@ def test_fleet_sim_learns_pushes_switches_and_stops_cleanly(tmp_path: Path, ros_
         out.close()
 
     assert code == 0, f"fleet sim exited {code} after SIGINT:\n{output[-3000:]}"
-    assert "restarts: {'server': 0, 'learner': 0, 'arm1/sim_arm': 0, 'arm1/robot_node': 0, " \
-           "'arm2/sim_arm': 0, 'arm2/robot_node': 0}" in output, output[-3000:]
+    assert "restarts: {'server': 0, 'learner': 0, 'monitor': 0, 'arm1/sim_arm': 0, " \
+           "'arm1/robot_node': 0, 'arm2/sim_arm': 0, 'arm2/robot_node': 0}" in output, \
+        output[-3000:]
     try:
         wait_for(lambda: not _processes_of_run(ros_domain.domain_id, data), timeout=5,
                  what="every process of the run to exit", interval=0.2)
