@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -237,15 +238,26 @@ def test_waits_for_data_takes_new_attempts_and_stops_cleanly_on_sigterm(tmp_path
             learner_argv(root, out, "--min-attempts", "60", "--cycle-every-steps", "15",
                          "--poll-seconds", "0.2", "--refresh-seconds", "0.5"),
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(6)  # long enough to import torch and find too few attempts
-        assert proc.poll() is None and not (out / "checkpoint.pt").exists()
+        # Wait (however long torch takes to import on a loaded machine) until the learner
+        # says it found too few attempts; only then give it more.
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 90
+        while not any("waiting for 60 labelled attempts" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        assert not (out / "checkpoint.pt").exists()
         append_attempts(store, 100, seed=2)
         deadline = time.monotonic() + 60
         while read_pointer(out) is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert read_pointer(out) is not None, "no policy published within 60 s"
         proc.send_signal(signal.SIGTERM)
-        log, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+        log = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
