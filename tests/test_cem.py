@@ -101,13 +101,15 @@ class FixedScorer:
         return score
 
 
-@pytest.mark.parametrize("p_noop,close,raise_", [
-    (0.60, True, False),   # 0.60 / ~0.6 >= 0.9: close
-    (0.45, False, False),  # between 50% and 90%: keep servoing
-    (0.20, False, True),   # under 50%: rise
+@pytest.mark.parametrize("p_noop,raise_below,close,raise_", [
+    (0.60, 1.0, True, False),   # 0.60 / ~0.6 >= 0.9: close
+    (0.45, 1.0, False, False),  # between 50% and 90%: keep servoing
+    (0.20, 1.0, False, True),   # under 50%, near the table (0.3 m < raise_below): rise off it
+    (0.20, 0.05, False, False),  # under 50% in open air (default raise_below): never climb
 ])
-def test_heuristics_close_servo_or_raise(p_noop, close, raise_):
-    policy = GraspPolicy(FixedScorer(p_noop=p_noop, p_best=0.6))
+def test_heuristics_close_servo_or_raise(p_noop, raise_below, close, raise_):
+    policy = GraspPolicy(FixedScorer(p_noop=p_noop, p_best=0.6),
+                         GraspPolicyConfig(raise_below=raise_below))
     policy.reset(np.random.default_rng(0))
     d = policy.decide(_obs())
     assert (d.close, d.raise_) == (close, raise_)
