@@ -37,12 +37,12 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 
+from robot_node.spin import spin_in_background
 from robot_node.camera_model import (Calibration, CameraError, OutputGeometry, load_calibration,
                                      pinhole)
 
@@ -380,17 +380,8 @@ def main(args: Optional[list[str]] = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         return EXIT_CONFIG
-    executor = SingleThreadedExecutor()  # parameter services (`ros2 param describe`)
-    executor.add_node(node)
-
-    def spin() -> None:
-        try:
-            executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    spinner = threading.Thread(target=spin, name="camera-spin", daemon=True)
-    spinner.start()
+    # spun for the parameter services (`ros2 param describe`)
+    executor, spinner = spin_in_background(node, "camera-spin")
     code = 0
     try:
         code = camera.run()

@@ -28,7 +28,6 @@ from typing import Optional
 import numpy as np
 import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
@@ -37,6 +36,7 @@ from std_msgs.msg import Bool, String
 
 from fleet.protocol import RobotStatus
 from fleet.records import Attempt, encode
+from robot_node.spin import spin_in_background
 from robot_node.arm_client import RELIABLE_10, RosArm
 from robot_node.diagnostics import NodeStatus, diagnostic_array
 from robot_node.grasp_loop import GraspLoop
@@ -310,17 +310,7 @@ def main(args: Optional[list[str]] = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-
-    def spin() -> None:
-        try:
-            executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    spinner = threading.Thread(target=spin, name="robot_node-spin", daemon=True)
-    spinner.start()
+    executor, spinner = spin_in_background(node, "robot_node-spin")
     try:
         if robot.uploader is not None:
             robot.uploader.start()
