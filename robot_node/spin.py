@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import rclpy
 from rclpy.executors import ExternalShutdownException, Executor, SingleThreadedExecutor
 from rclpy.node import Node
 
@@ -20,6 +21,11 @@ def spin_in_background(node: Node, name: str) -> tuple[Executor, threading.Threa
             executor.spin()
         except ExternalShutdownException:
             pass
+        except Exception:
+            # A signal's shutdown can land while the executor builds its wait set, which then
+            # fails with "context is not valid" instead of ExternalShutdownException.
+            if rclpy.ok():
+                raise
 
     thread = threading.Thread(target=spin, name=name, daemon=True)
     thread.start()

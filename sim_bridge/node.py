@@ -316,6 +316,11 @@ def main(args: Optional[list[str]] = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # A signal's shutdown can land while the executor builds its wait set, which then
+        # fails with "context is not valid" instead of ExternalShutdownException.
+        if rclpy.ok():
+            raise
     finally:
         executor.shutdown(timeout_sec=10.0)
         node.close()
