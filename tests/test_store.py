@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +14,7 @@ import msgpack
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tmpfs import mounted_tmpfs
 from hypothesis import given, settings, strategies as st
 
 from fleet.records import Attempt, Step, encode
@@ -292,18 +292,9 @@ def test_weighted_sampling_prefers_recent_and_reads_only_needed_row_groups(tmp_p
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 2 MiB file system (tmpfs), so the kernel itself says ENOSPC."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a 2 MiB tmpfs here ({proc.stderr.strip() or 'not root'}); "
-                    f"the full-disk test needs mount rights (root)")
-    try:
+    """A real 2 MiB file system, so the kernel itself says ENOSPC."""
+    with mounted_tmpfs(tmp_path / "disk", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def fill(path: Path, leave: int) -> None:
