@@ -358,7 +358,11 @@ def test_sigterm_exits_cleanly(ros_processes: ProcessGroup) -> None:
 
 def test_servo_round_trip_latency(sim: SimClient) -> None:
     """Wall time from publishing a twist to receiving its ee_pose, over DDS (printed: the
-    figure in docs/ros-interfaces.md; `pytest tests/test_sim_node.py -k latency -s`)."""
+    figure in docs/ros-interfaces.md; `pytest tests/test_sim_node.py -k latency -s`).
+
+    The median is 21-25 ms on a quiet machine and reached 106 ms in a loaded CI run, so the
+    bound (250 ms) is for what a bug looks like: a blocking wait, a timer-driven physics loop
+    or a polled subscription adds a period of 0.5-1 s to every round trip."""
     sim.move_to([0.55, 0.0, 0.2])
     times = []
     for i in range(20):
@@ -368,7 +372,7 @@ def test_servo_round_trip_latency(sim: SimClient) -> None:
     median = float(np.median(times)) * 1e3
     print(f"servo round trip ({WIDTH}x{HEIGHT}): median {median:.1f} ms, "
           f"max {max(times) * 1e3:.1f} ms over {len(times)}")
-    assert median < 100.0
+    assert median < 250.0, f"median servo round trip {median:.0f} ms"
 
 
 # ------------------------------------------------------------------ message rules (no process)
