@@ -60,7 +60,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from fleet.store import Store, StoreConfig, StoreLockedError
 
     load_server_keypair(args.keys)  # fail early, with what to do, before opening the store
-    store_cfg = StoreConfig(root=args.data)
+    store_cfg = StoreConfig(root=args.data, roll_process=True)  # rolls off the ack path
     if args.min_free_bytes is not None:
         store_cfg.min_free_bytes = args.min_free_bytes
     if args.policies is not None and not args.policies.is_dir():

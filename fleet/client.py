@@ -1,6 +1,8 @@
 """The upload client core: a bounded window of unacked attempts over a CURVE DEALER socket.
 
-No ROS here: robot_node's uploader wraps this around its spool. The contract with the caller:
+This module owns the socket (connection, CURVE, reconnects, HELLO heartbeats, policy fetches);
+the window's state machine (in flight, re-send deadlines, Done events) is
+fleet/client_window.py. No ROS here: robot_node's uploader wraps this around its spool. The contract with the caller:
 
 - `submit(attempt_id, frames)` while `room() > 0`; the caller keeps its own durable copy.
 - `poll(timeout)` returns `Done` events. `acked` means the attempt is durable on the server and
@@ -29,17 +31,18 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from fleet import protocol as P
+from fleet.client_window import ClientStats, Done, UploadWindow
 from fleet.keys import ClientKeys
 from fleet.policy_fetch import PolicyFetcher, PolicyRefused, PolicyUpdate
 
-__all__ = ["ClientConfig", "Done", "PolicyUpdate", "RobotStatus", "UploadClient"]
+__all__ = ["ClientConfig", "ClientStats", "Done", "PolicyUpdate", "RobotStatus", "UploadClient"]
 RobotStatus = P.RobotStatus
 
 log = logging.getLogger(__name__)
@@ -67,36 +70,6 @@ class ClientConfig:
     max_policy_bytes: int = 64 * 1024 * 1024  # refuse (and never fetch) bigger policies
 
 
-@dataclass
-class Done:
-    """The final word on one attempt."""
-
-    attempt_id: str
-    acked: bool
-    duplicate: bool = False  # the server had it already (a re-send): still safe to delete
-    code: Optional[P.ErrorCode] = None  # why it was refused, when not acked
-    message: str = ""
-
-
-@dataclass
-class _InFlight:
-    attempt_id: str
-    frames: Sequence[bytes]
-    tries: int = 0
-    deadline: float = 0.0  # when to (re-)send: 0 = as soon as possible
-
-
-@dataclass
-class ClientStats:
-    sent: int = 0
-    resent: int = 0
-    busy: int = 0
-    acked: int = 0
-    refused: int = 0
-    last_error: str = ""
-    welcome: dict[str, Any] = field(default_factory=dict)
-
-
 class UploadClient:
     """One robot's connection to the data server. Not thread-safe: use it from one thread."""
 
@@ -105,10 +78,9 @@ class UploadClient:
         self.ctx = context or zmq.Context.instance()
         self.stats = ClientStats()
         self._seq = itertools.count(1)
-        self._inflight: dict[str, _InFlight] = {}
-        self._by_seq: dict[int, str] = {}
+        self._window = UploadWindow(config.window, config.ack_timeout, config.max_backoff,
+                                    self.stats, self._send_upload, self._seq)
         self._replies: dict[int, P.Reply] = {}  # replies to synchronous requests
-        self._done: list[Done] = []
         self._next_hello = 0.0
         self._reconnect_at: Optional[float] = None
         self._auth_failures = 0
@@ -117,6 +89,9 @@ class UploadClient:
         self._fetcher = PolicyFetcher(config.max_policy_bytes)
         self._fetch_seq: Optional[int] = None
         self._policy_update: Optional[PolicyUpdate] = None
+        self._poller: Optional[zmq.Poller] = None
+        self._limits_of: Optional[dict] = None  # the WELCOME _limits_cache was parsed from
+        self._limits_cache = P.Limits()
         self.socket, self._monitor = self._connect()
 
     def _connect(self) -> tuple[zmq.Socket, zmq.Socket]:
@@ -136,38 +111,38 @@ class UploadClient:
     # ------------------------------------------------------------------ uploads
 
     def room(self) -> int:
-        return self.config.window - len(self._inflight)
+        return self._window.room()
 
     def in_flight(self) -> int:
-        return len(self._inflight)
+        return len(self._window)
 
     def pending_ids(self) -> list[str]:
-        return list(self._inflight)
+        return self._window.pending_ids()
 
     def submit(self, attempt_id: str, frames: Sequence[bytes]) -> None:
         """Start uploading one encoded attempt (fleet.records.encode frames)."""
-        if attempt_id in self._inflight:
+        if attempt_id in self._window:
             return
-        if self.room() <= 0:
-            raise RuntimeError("upload window is full: poll() until room() > 0")
-        item = _InFlight(attempt_id, frames)
-        self._inflight[attempt_id] = item
         try:  # an oversized frame would make ZeroMQ drop the whole connection, again and again
             P.check_sizes([b"", *frames], self._limits())
+            problem = None
         except P.ProtocolError as exc:
-            log.error("attempt %s is over the server's limits: %s", attempt_id, exc.message)
-            self._finish(Done(attempt_id, False, code=exc.code, message=exc.message))
-            return
-        self._try_send(item, time.monotonic())
+            problem = exc
+        self._window.add(attempt_id, frames, problem)
 
     def _limits(self) -> P.Limits:
-        """The server's limits from its WELCOME, or the protocol's defaults before it."""
-        announced = self.stats.welcome.get("limits") or {}
-        try:
-            return P.Limits(**{k: int(v) for k, v in announced.items()
-                               if k in P.Limits.__dataclass_fields__})
-        except (TypeError, ValueError):
-            return P.Limits()
+        """The server's limits from its WELCOME, or the protocol's defaults before it (parsed
+        once per WELCOME: this runs for every submitted attempt)."""
+        welcome = self.stats.welcome
+        if self._limits_of is not welcome:
+            announced = welcome.get("limits") or {}
+            try:
+                self._limits_cache = P.Limits(**{k: int(v) for k, v in announced.items()
+                                                 if k in P.Limits.__dataclass_fields__})
+            except (TypeError, ValueError):
+                self._limits_cache = P.Limits()
+            self._limits_of = welcome
+        return self._limits_cache
 
     def poll(self, timeout: float = 0.1) -> list[Done]:
         """Handle replies for up to `timeout` s, re-send what is due; return finished attempts."""
@@ -176,10 +151,9 @@ class UploadClient:
             self._housekeeping(time.monotonic())
             wait = max(0.0, min(end, self._next_deadline()) - time.monotonic())
             self._wait_and_drain(wait)
-            if self._done or self._policy_update or time.monotonic() >= end:
+            if self._window.has_done() or self._policy_update or time.monotonic() >= end:
                 break
-        done, self._done = self._done, []
-        return done
+        return self._window.take_done()
 
     def upload_all(self, items: Iterable[tuple[str, Sequence[bytes]]],
                    timeout: Optional[float] = None) -> Iterator[Done]:
@@ -187,7 +161,7 @@ class UploadClient:
         it = iter(items)
         exhausted = False
         end = None if timeout is None else time.monotonic() + timeout
-        while not exhausted or self._inflight:
+        while not exhausted or len(self._window):
             while not exhausted and self.room() > 0:
                 nxt = next(it, None)
                 if nxt is None:
@@ -195,7 +169,7 @@ class UploadClient:
                 else:
                     self.submit(*nxt)
             if end is not None and time.monotonic() > end:
-                raise TimeoutError(f"{len(self._inflight)} uploads still unacked")
+                raise TimeoutError(f"{len(self._window)} uploads still unacked")
             yield from self.poll(0.2)
 
     # ------------------------------------------------------------------ other requests
@@ -262,22 +236,14 @@ class UploadClient:
         except zmq.Again:
             return False
 
-    def _try_send(self, item: _InFlight, now: float) -> None:
-        seq = next(self._seq)
-        if self._send_nowait(P.upload(seq, item.frames)):
-            self._by_seq[seq] = item.attempt_id
-            self.stats.sent += 1
-            if item.tries:
-                self.stats.resent += 1
-            backoff = self.config.ack_timeout * (2 ** min(item.tries, 6))
-            item.deadline = now + min(backoff, self.config.max_backoff)
-            item.tries += 1
-        else:  # not connected (server away): try again soon
-            item.deadline = now + min(0.2 * (2 ** min(item.tries, 4)), 2.0)
+    def _send_upload(self, seq: int, frames: Sequence[bytes]) -> bool:
+        return self._send_nowait(P.upload(seq, frames))
 
     def _next_deadline(self) -> float:
-        deadlines = [i.deadline for i in self._inflight.values()]
-        deadlines.append(self._next_hello)
+        deadlines = [self._next_hello]
+        upload = self._window.next_deadline()
+        if upload is not None:
+            deadlines.append(upload)
         if self._reconnect_at is not None:
             deadlines.append(self._reconnect_at)
         return min(deadlines)
@@ -288,17 +254,14 @@ class UploadClient:
         if now >= self._next_hello:
             self.hello()
         self._maybe_fetch_policy()
-        for item in list(self._inflight.values()):
-            if now >= item.deadline:
-                if item.tries:
-                    log.debug("re-sending %s (try %d)", item.attempt_id, item.tries + 1)
-                self._try_send(item, now)
+        self._window.resend_due(now)
 
     def _wait_and_drain(self, wait: float) -> None:
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
-        events = dict(poller.poll(int(wait * 1000)))
+        if self._poller is None:  # one per socket pair: _reconnect() drops it
+            self._poller = zmq.Poller()
+            self._poller.register(self.socket, zmq.POLLIN)
+            self._poller.register(self._monitor, zmq.POLLIN)
+        events = dict(self._poller.poll(int(wait * 1000)))
         if self._monitor in events:
             self._on_monitor_events()
         if self.socket in events:
@@ -322,8 +285,7 @@ class UploadClient:
                 self._next_hello = 0.0
                 if self._link_lost:  # whatever was in flight may have died with the link
                     self._link_lost = False
-                    for item in self._inflight.values():
-                        item.deadline = 0.0
+                    self._window.resend_all_now()
             elif event & _HANDSHAKE_FAILED:
                 self._auth_failures += 1
                 wait = min(self.config.ack_timeout * 2 ** min(self._auth_failures - 1, 6),
@@ -339,6 +301,7 @@ class UploadClient:
         self.socket.disable_monitor()
         self._monitor.close(linger=0)
         self.socket.close(linger=0)
+        self._poller = None
         self.socket, self._monitor = self._connect()
 
     def _drain(self) -> None:
@@ -378,18 +341,16 @@ class UploadClient:
             self.stats.last_error = str(exc)
 
     def _on_reply(self, reply: P.Reply) -> None:
-        attempt_id = reply.fields.get("attempt_id") or self._by_seq.get(reply.seq or -1)
-        if reply.seq is not None:
-            self._by_seq.pop(reply.seq, None)
+        attempt_id = self._window.attempt_of(reply)
         if reply.type == P.MsgType.ACK:
-            self._finish(Done(attempt_id, True, bool(reply.fields.get("duplicate"))))
+            self._window.finish(Done(attempt_id, True, bool(reply.fields.get("duplicate"))))
         elif reply.type == P.MsgType.WELCOME:
             self.stats.welcome = reply.fields
             self._fetcher.announce(reply.fields.get("policy"))
         elif reply.type == P.MsgType.POLICY_AVAILABLE:
             self._fetcher.announce(reply.fields)
-        elif reply.type == P.MsgType.ERROR and attempt_id in self._inflight:
-            self._on_upload_error(attempt_id, reply)
+        elif reply.type == P.MsgType.ERROR and attempt_id in self._window:
+            self._window.on_error(attempt_id, reply)
         elif reply.type == P.MsgType.ERROR and reply.seq not in self._replies:
             self.stats.last_error = str(reply.fields.get("message"))
             log.warning("server error: %s %s", reply.fields.get("name"), self.stats.last_error)
@@ -397,27 +358,3 @@ class UploadClient:
                 self._replies[reply.seq] = reply
         elif reply.seq is not None:
             self._replies[reply.seq] = reply
-
-    def _on_upload_error(self, attempt_id: str, reply: P.Reply) -> None:
-        message = str(reply.fields.get("message", ""))
-        self.stats.last_error = message
-        if reply.fields.get("retryable"):
-            self.stats.busy += 1
-            item = self._inflight[attempt_id]
-            wait = max(float(reply.fields.get("retry_after") or 0.0), 0.1)
-            item.deadline = time.monotonic() + min(wait, self.config.max_backoff)
-            log.info("server busy (%s): retrying %s in %.1f s", message, attempt_id, wait)
-        else:
-            log.error("server refused attempt %s: %s %s", attempt_id, reply.fields.get("name"),
-                      message)
-            self._finish(Done(attempt_id, False, code=reply.code, message=message))
-
-    def _finish(self, done: Done) -> None:
-        if self._inflight.pop(done.attempt_id, None) is None:
-            return  # a second ack for a re-sent attempt: already reported
-        if done.acked:
-            self.stats.acked += 1
-            self.stats.last_error = ""  # the link works again
-        else:
-            self.stats.refused += 1
-        self._done.append(done)

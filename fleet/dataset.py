@@ -6,7 +6,7 @@
   The hash is stable, so the split never changes as the store grows or the learner restarts.
 - The Levine et al. 2016 target of step t is the motion from where the gripper is to where it
   closed, v = p_T - p_t, as (dx, dy, dz, dyaw) in the base frame (`grasp_motions`).
-- `StoreBatches` is the DataLoader's IterableDataset. Each worker process opens its own
+- `StoreBatches` is what each DataLoader worker iterates. Each worker process opens its own
   StoreReader, samples steps, and runs the learner's `collate` (JPEG decoding with cv2) off the
   training thread. Batches are drawn in blocks of `block_batches` (one store read serves many
   batches: the reader's cost is per Parquet row group touched, not per sample); block b of rank
@@ -14,13 +14,16 @@
   block k // block_batches. So the data position is just the step count: a resumed learner
   draws exactly the batches an uninterrupted one would have (on the same store contents), and
   ranks draw different data.
+- Each worker keeps a bounded cache of decoded frames (fleet/frame_cache.py: `decode_rgb` inside
+  the collate decodes each distinct JPEG once while it stays cached) and hands batches over
+  through a ring of preallocated shared-memory slots (fleet/batch_handover.py). Neither changes
+  what a batch holds, only what it costs.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -28,8 +31,11 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
 
+from fleet.batch_handover import BatchStream
+from fleet.frame_cache import FrameCache, FrameCacheStats, active_cache
+from fleet.learner_api import Batch
 from fleet.records import Attempt
 from fleet.store_reader import StepSample, StoreReader
 
@@ -62,7 +68,17 @@ def grasp_motions(ee_poses: np.ndarray, final_poses: np.ndarray) -> np.ndarray:
 
 
 def decode_rgb(jpeg: bytes, height: int, width: int) -> np.ndarray:
-    """A stored JPEG (written by cv2 from RGB) -> (H, W, 3) uint8 RGB, resized if it differs."""
+    """A stored JPEG (written by cv2 from RGB) -> (H, W, 3) uint8 RGB, resized if it differs.
+
+    Inside a `FrameCache.active()` block (the training stream's collate) the frame comes from
+    that cache when it holds it, and is then read-only."""
+    cache = active_cache()
+    if cache is not None:
+        return cache.decode(jpeg, height, width, _decode_rgb)
+    return _decode_rgb(jpeg, height, width)
+
+
+def _decode_rgb(jpeg: bytes, height: int, width: int) -> np.ndarray:
     bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("a stored step image is not a decodable JPEG")
@@ -94,26 +110,19 @@ def labelled_attempt_counts(reader: StoreReader, val_fraction: float) -> tuple[i
 
 # -- the training stream (runs in DataLoader workers) ----------------------------------------------
 
-def worker_init(_worker_id: int) -> None:
-    """Workers decode with one thread each and leave Ctrl-C to the training process, which
-    checkpoints and then shuts them down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
-class StoreBatches(IterableDataset):
+class StoreBatches:
     """An endless stream of training batches for one rank, drawn from the store.
 
-    Yields batch start_batch, start_batch + 1, ... in order (the DataLoader round-robins over
-    workers, worker w producing the batches k with (k - start_batch) % num_workers == w).
+    Iterating yields (k, batch) for k = start_batch, start_batch + 1, ... (in a DataLoader
+    worker w of n: the k with (k - start_batch) % n == w; the DataLoader deals them round robin,
+    so the training process sees every k in order). `frame_cache_bytes` bounds the decoded-frame
+    cache of each process iterating it (0: decode every time).
     """
 
     def __init__(self, root: Path, collate: Collate, batch_size: int, *, seed: int, rank: int,
                  start_batch: int, val_fraction: float, recent_weight: float = 0.0,
                  refresh_seconds: float = 5.0, cache_bytes: int = 128 * 2**20,
-                 block_batches: int = 8) -> None:
-        super().__init__()
+                 block_batches: int = 8, frame_cache_bytes: int = 512 * 2**20) -> None:
         self.root = Path(root)
         self.collate = collate
         self.batch_size = batch_size
@@ -123,9 +132,10 @@ class StoreBatches(IterableDataset):
         self.refresh_seconds = refresh_seconds
         self.cache_bytes = cache_bytes
         self.block_batches = block_batches
+        self.frames = FrameCache(frame_cache_bytes)  # one per process: each worker gets a copy
         self._block: tuple[int, list[StepSample]] = (-1, [])
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, Batch]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         reader = StoreReader(self.root, cache_bytes=self.cache_bytes)
@@ -136,10 +146,18 @@ class StoreBatches(IterableDataset):
                 if time.monotonic() - refreshed > self.refresh_seconds:
                     reader.refresh()
                     refreshed = time.monotonic()
-                yield pack_batch(self.collate(self.training_steps(reader, k)))
+                steps = self.training_steps(reader, k)
+                with self.frames.active():
+                    batch = self.collate(steps)
+                yield k, batch
                 k += workers
         finally:
             reader.close()
+            self.frames.clear()
+
+    def frame_cache_stats(self) -> FrameCacheStats:
+        """This process's decoded-frame cache counters (the workers send theirs along)."""
+        return self.frames.stats()
 
     def training_steps(self, reader: StoreReader, k: int) -> list[StepSample]:
         """The steps of batch k (a slice of its block; the block is drawn once per worker)."""
@@ -169,49 +187,12 @@ class StoreBatches(IterableDataset):
                            f"validation); lower val_fraction or collect more attempts")
 
 
-Packed = tuple[torch.Tensor, list[tuple[str, torch.dtype, tuple[int, ...], int, int]]]
-
-
-def pack_batch(batch: dict[str, torch.Tensor]) -> Packed:
-    """One uint8 buffer holding every tensor of a batch, and where each one lies in it.
-
-    Each tensor a worker hands over costs a shared-memory file, a descriptor passed over a
-    socket and an mmap in the training process; one buffer instead of three cut that cost
-    (several ms a batch on a busy 2-core machine, measured with benchmarks/learner_pipeline.py).
-    """
-    layout, offset = [], 0
-    for name, t in batch.items():
-        n = t.numel() * t.element_size()
-        layout.append((name, t.dtype, tuple(t.shape), offset, n))
-        offset += -(-n // 16) * 16  # 16-byte aligned, so every dtype can be viewed in place
-    buf = torch.empty(offset, dtype=torch.uint8)
-    for name, _, _, off, n in layout:
-        buf[off:off + n] = batch[name].contiguous().reshape(-1).view(torch.uint8)
-    return buf, layout
-
-
-def unpack_batch(packed: Packed) -> dict[str, torch.Tensor]:
-    """Views into the buffer (no copy)."""
-    buf, layout = packed
-    return {name: buf[off:off + n].view(dtype).view(shape)
-            for name, dtype, shape, off, n in layout}
-
-
-def _as_is(x: Packed) -> Packed:
-    return x
-
-
 def stream_batches(batches: StoreBatches, workers: int, prefetch: int = 4,
-                   pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches from `workers` DataLoader worker processes (0: this process), in order.
-
-    Closing the generator (or dropping it) shuts the workers down.
-    """
-    extra = {"prefetch_factor": prefetch} if workers else {}
-    loader = DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                        worker_init_fn=worker_init, pin_memory=pin_memory, **extra)
-    for packed in loader:
-        yield unpack_batch(packed)
+                   pin_memory: bool = False) -> BatchStream:
+    """Batches from `workers` DataLoader worker processes (0: this process), in order, handed
+    over through shared-memory slots. `close()` (or dropping it) shuts the workers down;
+    `.frame_cache()` has the workers' decoded-frame cache counters."""
+    return BatchStream(batches, workers, prefetch, pin_memory, first_batch=batches.start_batch)
 
 
 # -- the validation set (main process, rank 0) ----------------------------------------------------

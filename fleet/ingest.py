@@ -66,14 +66,20 @@ class IngestQueue:
 
     def offer(self, attempt: Attempt, frames: list[bytes], waiter: Waiter) -> None:
         """Queue an attempt (the caller checked has_room; one item may overshoot the bound)."""
+        self.offer_many([(attempt, frames, waiter)])
+
+    def offer_many(self, items: list[tuple[Attempt, list[bytes], Waiter]]) -> None:
+        """Queue several attempts and wake the committer once (a wake-up per attempt made the
+        committer take the GIL, and commit tiny groups, once per upload)."""
         with self._cond:
-            existing = self._items.get(attempt.attempt_id)
-            if existing is not None:
-                existing.waiters.append(waiter)
-                return
-            nbytes = sum(len(f) for f in frames)
-            self._items[attempt.attempt_id] = Pending(attempt, frames, nbytes, [waiter])
-            self._bytes += nbytes
+            for attempt, frames, waiter in items:
+                existing = self._items.get(attempt.attempt_id)
+                if existing is not None:
+                    existing.waiters.append(waiter)
+                    continue
+                nbytes = sum(map(len, frames))
+                self._items[attempt.attempt_id] = Pending(attempt, frames, nbytes, [waiter])
+                self._bytes += nbytes
             self._cond.notify()
 
     def take(self, max_group: int, timeout: float) -> list[Pending]:

@@ -52,12 +52,16 @@ class LearnerConfig:
     val_fraction: float = 0.1  # share of attempts (by a hash of their id) held out
     val_max_attempts: int = 200  # validation set: the first this many held-out attempts
     recent_weight: float = 0.0  # >0 favours newer attempts (see StoreReader.sample_steps)
+    positive_weight: float = 1.0  # BCE weight of successes (>1 skews p up: CEM then closes early)
+    augment_shift: int = 4  # random image shift, px (against memorising scenes)
+    augment_colour: float = 0.2  # random brightness/contrast change, fraction
     min_attempts: int = 50  # labelled attempts stored before the first training step
     cycle_every_steps: int = 500  # validate + checkpoint + maybe publish this often...
     cycle_every_seconds: float = 300.0  # ...or at least this often
     publish_tolerance: float = 0.0  # publish if val loss <= in-service val loss * (1 + this)
     log_every_steps: int = 50
     refresh_seconds: float = 5.0  # how often workers look for new shards
+    frame_cache_mb: int = 512  # decoded-frame cache per worker, MiB (64x64: ~15 KB/frame); 0 off
     poll_seconds: float = 2.0  # how often to re-check the store while waiting for min_attempts
     tensorboard: bool = True
     logdir: Optional[Path] = None  # default <out>/tensorboard
@@ -73,6 +77,11 @@ class LearnerConfig:
             raise ValueError("cycle_every_steps must be >= 1 and cycle_every_seconds > 0")
         if self.steps is not None and self.steps < 0:
             raise ValueError("steps must be >= 0")
+        if self.frame_cache_mb < 0:
+            raise ValueError(f"frame_cache_mb must be >= 0 (0: off), got {self.frame_cache_mb}")
+
+    def training_options(self) -> "TrainingOptions":
+        return TrainingOptions(self.positive_weight, self.augment_shift, self.augment_colour)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -81,6 +90,43 @@ class LearnerConfig:
 
 
 # -- the method: Levine et al. 2016 supervised grasp success prediction ---------------------------
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """What the training step does beyond plain BCE (each is a LearnerConfig field too)."""
+
+    #: BCE weight of successful examples: > 1 while successes are rare, so the few positives
+    #: are not drowned by the many easy failures.
+    positive_weight: float = 1.0
+    #: Random translation of each training image by up to this many pixels (replicate-padded
+    #: crop): the same scene seen from a slightly moved camera, against overfitting.
+    augment_shift: int = 0
+    #: Random brightness/contrast change of each training image by up to this fraction.
+    augment_colour: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.positive_weight <= 0 or self.augment_shift < 0 or self.augment_colour < 0:
+            raise ValueError("positive_weight must be > 0, augment_shift and augment_colour >= 0")
+
+
+def augment(images: torch.Tensor, options: TrainingOptions,
+            generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Float images (B, C, H, W) in [0, 1], shifted and colour-jittered per image."""
+    b, _, h, w = images.shape
+    s = options.augment_shift
+    if s > 0:
+        padded = F.pad(images, (s, s, s, s), mode="replicate")
+        offsets = torch.randint(0, 2 * s + 1, (b, 2), generator=generator)
+        images = torch.stack([padded[i, :, oy:oy + h, ox:ox + w]
+                              for i, (oy, ox) in enumerate(offsets.tolist())])
+    c = options.augment_colour
+    if c > 0:
+        gain = (1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * c).to(images.device)
+        bias = ((torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * c / 2).to(images.device)
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        images = ((images - mean) * gain + mean + bias).clamp_(0, 1)
+    return images
+
 
 @dataclass(frozen=True)
 class LevineCollate:
@@ -106,8 +152,9 @@ class LevineLearner:
     name = "levine2016_supervised"
 
     def __init__(self, network: NetworkConfig, lr: float, weight_decay: float,
-                 device: torch.device) -> None:
+                 device: torch.device, options: Optional[TrainingOptions] = None) -> None:
         self.device = device
+        self.options = options or TrainingOptions()
         self.net = GraspSuccessNet(network).to(device)
         self.model: nn.Module = self.net
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr,
@@ -115,17 +162,35 @@ class LevineLearner:
         self.collate = LevineCollate(network.image_height, network.image_width,
                                      network.motion_scale)
         self._window: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+        #: Training steps taken: seeds each step's augmentation, so a learner resumed from a
+        #: checkpoint augments exactly as an uninterrupted one would.
+        self.steps_taken = 0
 
     def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d = self.device
         return (batch["image"].to(d, non_blocking=True).float().div_(255.0),
                 batch["motion"].to(d, non_blocking=True), batch["label"].to(d, non_blocking=True))
 
+    def _initial(self, batch: Batch) -> Optional[torch.Tensor]:
+        """The pre-grasp images I_0 (uint8, like "image") for networks that take them."""
+        if "initial_image" not in batch:
+            return None
+        return batch["initial_image"].to(self.device, non_blocking=True).float().div_(255.0)
+
     def train_step(self, batch: Batch) -> dict[str, float]:
         self.model.train()
         image, motion, label = self._inputs(batch)
-        logits = self.model(image, motion)
-        loss = F.binary_cross_entropy_with_logits(logits, label)
+        initial = self._initial(batch)
+        o = self.options
+        if o.augment_shift or o.augment_colour:
+            g = torch.Generator().manual_seed(self.steps_taken)
+            image = augment(image, o, g)
+            initial = None if initial is None else augment(initial, o, g)
+        self.steps_taken += 1
+        pos_weight = None if o.positive_weight == 1.0 else \
+            torch.tensor(o.positive_weight, device=self.device)
+        logits = self.model(image, motion, initial)
+        loss = F.binary_cross_entropy_with_logits(logits, label, pos_weight=pos_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -151,7 +216,7 @@ class LevineLearner:
         total, logits_all, labels_all = 0.0, [], []
         for batch in batches:
             image, motion, label = self._inputs(batch)
-            logits = model(image, motion)
+            logits = model(image, motion, self._initial(batch))
             total += float(F.binary_cross_entropy_with_logits(logits, label, reduction="sum"))
             logits_all.append(logits.cpu())
             labels_all.append(label.cpu())
@@ -169,11 +234,13 @@ class LevineLearner:
         self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"network": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"network": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "steps_taken": self.steps_taken}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.steps_taken = int(state.get("steps_taken", 0))
 
 
 def parameter_checksum(model: nn.Module) -> str:
@@ -199,7 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 __all__ = ["BundleMeta", "LearnerConfig", "LevineCollate", "LevineLearner", "Learner",
-           "PublishFn", "main", "parameter_checksum", "run"]
+           "PublishFn", "TrainingOptions", "augment", "main", "parameter_checksum", "run"]
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -54,7 +54,7 @@ class LearnerRun:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.learner: Learner = learner or LevineLearner(
             NetworkConfig(image_height=config.image_size, image_width=config.image_size),
-            config.lr, config.weight_decay, device)
+            config.lr, config.weight_decay, device, config.training_options())
         self.step = 0
         self.last_published_step = -1
         self.last_checkpoint_step = -1
@@ -155,7 +155,8 @@ class LearnerRun:
                           seed=self.cfg.seed, rank=self.rank, start_batch=self.step,
                           val_fraction=self.cfg.val_fraction,
                           recent_weight=self.cfg.recent_weight,
-                          refresh_seconds=self.cfg.refresh_seconds)
+                          refresh_seconds=self.cfg.refresh_seconds,
+                          frame_cache_bytes=self.cfg.frame_cache_mb * 2**20)
         return stream_batches(ds, self.cfg.workers, self.cfg.prefetch,
                               pin_memory=self.device.type == "cuda")
 

@@ -62,6 +62,7 @@ class ErrorCode(enum.IntEnum):
 
 
 RETRYABLE = frozenset({ErrorCode.BUSY, ErrorCode.INTERNAL})
+_MSG_TYPES = {int(t): t for t in MsgType}
 
 
 class ProtocolError(ValueError):
@@ -161,10 +162,10 @@ def parse_header(frame: bytes, limits: Limits = Limits()) -> dict[str, Any]:
                             f"server speaks version {PROTOCOL_VERSION}: upgrade the older side")
     _int_field(header, "seq", optional=True)
     raw_type = _int_field(header, "type", 0, 255)
-    try:
-        header["type"] = MsgType(raw_type)
-    except ValueError:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {raw_type}") from None
+    msg_type = _MSG_TYPES.get(raw_type)  # a dict, not MsgType(): this runs for every upload
+    if msg_type is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {raw_type}")
+    header["type"] = msg_type
     return header
 
 
@@ -235,6 +236,9 @@ def parse_status(header: dict[str, Any]) -> Optional[dict[str, Any]]:
     return out
 
 
+_REPLY_LIMITS = Limits(max_header_bytes=16 * 1024 * 1024)  # a reply's header may be big
+
+
 @dataclass(frozen=True)
 class Reply:
     """A server reply as the client sees it."""
@@ -253,6 +257,6 @@ class Reply:
 
 def parse_reply(frames: Sequence[bytes]) -> Reply:
     """Decode a reply (client side). Raises ProtocolError if the server speaks another version."""
-    header = parse_header(frames[0], Limits(max_header_bytes=16 * 1024 * 1024))
+    header = parse_header(frames[0], _REPLY_LIMITS)
     header.pop("v")
     return Reply(type=header.pop("type"), seq=header.pop("seq", None), fields=header)

@@ -205,3 +205,33 @@ def test_mixed_policy_explores_the_configured_share():
         kinds.append(mixed.kind)
     assert 0.18 < kinds.count("scripted") / 400 < 0.32
     assert mixed.version == 7
+
+
+def test_table_camera_centre_ray_meets_the_table_at_the_camera_target():
+    from fleet.exploration import TableCamera
+    cam = TableCamera()
+    xy = cam.table_points(np.array([31.5]), np.array([31.5]), 64, 64, cam.target[2])
+    np.testing.assert_allclose(xy[0], cam.target[:2], atol=1e-9)
+    # rows further down the image look nearer the camera (smaller x here)
+    near, far = cam.table_points(np.array([60, 5]), np.array([32, 32]), 64, 64, 0.03)
+    assert near[0] < far[0]
+
+
+def test_aimed_descent_aims_at_the_coloured_object_else_at_random():
+    from fleet.exploration import AimConfig, AimedDescentPolicy, TableCamera
+    cam = TableCamera()
+    image = np.full((64, 64, 3), 90, np.uint8)  # a grey tray
+    image[40:43, 30:33] = (200, 30, 30)  # one red object
+    floor = 0.0
+    expected = cam.table_points(np.array([41]), np.array([31]), 64, 64, floor + 0.015)[0]
+    policy = AimedDescentPolicy(aim=AimConfig(aim_noise=0.0, random_share=0.0))
+    policy.reset(np.random.default_rng(0))
+    policy.decide(_obs(pos=(0.6, 0.0, 0.3), image=image))
+    np.testing.assert_allclose(policy.target[:2], expected, atol=0.02)
+    grey = np.full((64, 64, 3), 90, np.uint8)
+    spots = set()
+    for seed in range(3):  # nothing coloured: a random spot, like RandomDescentPolicy
+        policy.reset(np.random.default_rng(seed))
+        policy.decide(_obs(pos=(0.6, 0.0, 0.3), image=grey))
+        spots.add(tuple(np.round(policy.target[:2], 4)))
+    assert len(spots) == 3

@@ -112,3 +112,51 @@ def test_learns_a_label_that_depends_on_the_motion(one_thread):
     with torch.no_grad():
         acc = ((net(held_out[0], held_out[1]) > 0).float() == held_out[2]).float().mean()
     assert acc > 0.85
+
+
+# -- the learner's training step options (fleet.learner.TrainingOptions) ------------------------
+
+def _batch(n: int = 16, label: float = 1.0, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"image": torch.from_numpy(rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)),
+            "motion": encode_motions(rng.uniform(-0.1, 0.1, (n, 4)), 0.1),
+            "label": torch.full((n,), label)}
+
+
+def test_augmentation_shifts_and_jitters_within_range():
+    from fleet.learner import TrainingOptions, augment
+    img = torch.zeros(2, 3, 32, 32)
+    img[:, :, 10, 12] = 1.0  # one bright pixel
+    g = torch.Generator().manual_seed(0)
+    moved = [augment(img, TrainingOptions(augment_shift=3), g) for _ in range(8)]
+    where = {tuple((m[0, 0] == 1.0).nonzero()[0].tolist()) for m in moved}
+    assert len(where) > 1  # the content moves ...
+    assert all(abs(r - 10) <= 3 and abs(c - 12) <= 3 for r, c in where)  # ... by <= 3 px
+    assert all(m.shape == img.shape for m in moved)
+    jittered = augment(torch.rand(4, 3, 8, 8), TrainingOptions(augment_colour=0.5), g)
+    assert jittered.min() >= 0 and jittered.max() <= 1
+    with pytest.raises(ValueError):
+        TrainingOptions(positive_weight=0)
+
+
+def test_positive_weight_scales_the_loss_of_successes(one_thread):
+    from fleet.learner import LevineLearner, TrainingOptions
+    losses = []
+    for w in (1.0, 3.0):
+        torch.manual_seed(0)
+        learner = LevineLearner(NetworkConfig(), 1e-3, 0.0, torch.device("cpu"),
+                                TrainingOptions(positive_weight=w))
+        losses.append(learner.train_step(_batch(label=1.0))["loss"])
+    assert losses[1] == pytest.approx(3 * losses[0], rel=1e-4)
+
+
+def test_learner_trains_a_network_that_takes_the_pre_grasp_image(one_thread):
+    from fleet.learner import LevineLearner, TrainingOptions
+    learner = LevineLearner(NetworkConfig(use_initial_image=True), 1e-3, 0.0,
+                            torch.device("cpu"), TrainingOptions(augment_shift=2))
+    batch = _batch()
+    with pytest.raises(ValueError, match="pre-grasp"):
+        learner.train_step(batch)
+    batch["initial_image"] = batch["image"].flip(0)
+    assert np.isfinite(learner.train_step(batch)["loss"])
+    assert learner.evaluate([batch])["examples"] == 16

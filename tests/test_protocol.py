@@ -101,6 +101,23 @@ def test_every_step_image_is_checked_not_only_the_decoded_sample():
         assert _code(V.validate_upload, encode(a), "arm1", 10) == P.ErrorCode.BAD_IMAGE, name
 
 
+def test_a_remembered_jpeg_header_gets_the_same_verdict_as_the_walk():
+    """validation remembers headers that passed the marker walk; an image reusing one must still
+    be refused for a wrong declared size or a missing EOI, as the walk would refuse it."""
+    a = make_attempt("arm1", steps=4)
+    V.validate_upload(encode(a), "arm1", 10)
+    good = a.steps[0].image_jpeg
+    assert V._CHECKED.known(good, 64, 64) and not V._CHECKED.known(good, 48, 64)
+    wrong_size = make_attempt("arm1", jpeg=good)
+    wrong_size.image_height = 48
+    with pytest.raises(P.ProtocolError) as info:
+        V.validate_upload(encode(wrong_size), "arm1", 10)
+    assert info.value.code == P.ErrorCode.BAD_IMAGE and "64x48" in info.value.message
+    for jpeg in (good[:-2], good[:-40] + b"\xff\xd9"[:1]):  # no EOI
+        assert _code(V.validate_upload, encode(make_attempt("arm1", jpeg=jpeg)), "arm1",
+                     10) == P.ErrorCode.BAD_IMAGE
+
+
 @pytest.mark.parametrize("field, value", [
     ("started_at", 12.0), ("policy_version", 2**40), ("gripper_after_lift", 3.0),
     ("final_pose", (0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 5.0)), ("final_pose", (99, 0, 0, 0, 0, 0, 1)),

@@ -61,3 +61,26 @@ def test_yaml_has_a_shared_block_and_per_arm_blocks_of_known_parameters():
         params = block["ros__parameters"]
         assert set(params) <= known, set(params) - known
         NodeConfig(**{**params}).validate()
+
+
+def test_yaml_exploration_reaches_the_floor_within_T_steps():
+    """T and the step limit shipped together: the fleet's exploration must get from the start
+    height to the tray floor and close there (a short T with small steps closes in the air)."""
+    import numpy as np
+    from fleet.policy import Observation
+    from robot_node.policy_runtime import make_exploration
+    params = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
+    c = NodeConfig(**params)
+    policy = make_exploration(c.exploration_policy, c.exploration_max_step)
+    lo, hi = np.array(c.workspace_min), np.array(c.workspace_max)
+    image = np.full((c.image_height, c.image_width, 3), 90, np.uint8)
+    for seed in range(5):
+        policy.reset(np.random.default_rng(seed))
+        pos = np.array([0.55, 0.0, 0.30])
+        for step in range(c.max_steps):
+            d = policy.decide(Observation(image, np.array([*pos, 1.0, 0, 0, 0]), step,
+                                          c.max_steps, lo, hi))
+            if d.close:
+                break
+            pos = pos + d.motion[:3]
+        assert pos[2] < lo[2] + 0.01, (seed, pos)

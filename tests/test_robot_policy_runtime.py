@@ -63,6 +63,7 @@ def test_exploration_by_name_or_import_path():
     assert make_exploration("random_descent").kind == "scripted"
     assert make_exploration("random").kind == "random"
     assert make_exploration("robot_test_policies:HugeMotions").kind == "huge"
+    assert make_exploration("fleet.exploration:AimedDescentPolicy").kind == "scripted"
     with pytest.raises(ConfigError, match="exploration_policy"):
         make_exploration("teleport")
     with pytest.raises(ConfigError, match="cannot be imported"):

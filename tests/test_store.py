@@ -45,7 +45,11 @@ def batch_of(attempts: list[Attempt]) -> list[tuple[Attempt, list[bytes]]]:
 
 
 def config(root: Path, **kw) -> StoreConfig:
+    """Rolls in this process unless a test asks otherwise: a roll process costs a second of
+    CPU per Store. The roll process is tested by the round trip and reader tests here, and by
+    every server and kill -9 test."""
     kw.setdefault("min_free_bytes", 1 * 2**20)
+    kw.setdefault("roll_process", False)
     return StoreConfig(root, **kw)
 
 
@@ -57,7 +61,7 @@ def rng() -> np.random.Generator:
 def test_round_trip_through_wal_and_shards(tmp_path, rng):
     attempts = [make_attempt(rng, f"arm-{i % 3}", n_steps=i % 4,
                              outcome=("success", "failure", "aborted")[i % 3]) for i in range(12)]
-    with Store(config(tmp_path, roll_on_close=False)) as store:
+    with Store(config(tmp_path, roll_on_close=False, roll_process=True)) as store:
         assert store.append(batch_of(attempts[:5])).new == [a.attempt_id for a in attempts[:5]]
         store.roll()  # the first five go into a shard, the rest stay in the WAL at close
         store.append(batch_of(attempts[5:]))
@@ -177,7 +181,7 @@ def test_torn_and_corrupt_wal_records_are_recovered(tmp_path, rng):
 
 
 def test_reader_sees_new_attempts_within_seconds(tmp_path, rng):
-    store = Store(config(tmp_path))  # the default roll age: shard_max_seconds=5
+    store = Store(config(tmp_path, roll_process=True))  # the default roll age: 5 s
     reader = StoreReader(tmp_path)
     try:
         a = make_attempt(rng)
