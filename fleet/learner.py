@@ -59,6 +59,9 @@ class LearnerConfig:
     cycle_every_steps: int = 500  # validate + checkpoint + maybe publish this often...
     cycle_every_seconds: float = 300.0  # ...or at least this often
     publish_tolerance: float = 0.0  # publish if val loss <= in-service val loss * (1 + this)
+    #: ...or whatever the loss says, once the version in service has this many labelled fleet
+    #: attempts and grasps less often than exploration does (fleet/publish_rule.py); 0: off
+    replace_losing_after: int = 50
     log_every_steps: int = 50
     refresh_seconds: float = 5.0  # how often workers look for new shards
     frame_cache_mb: int = 512  # decoded-frame cache per worker, MiB (64x64: ~15 KB/frame); 0 off

@@ -32,6 +32,7 @@ from fleet.dataset import StoreBatches, ValidationSet, labelled_attempt_counts, 
 from fleet.learner import LearnerConfig, LevineLearner, parameter_checksum
 from fleet.learner_api import Batch, Learner, PublishFn
 from fleet.network import NetworkConfig
+from fleet.publish_rule import losing_to_exploration
 from fleet.store_reader import StoreReader
 
 log = logging.getLogger("fleet.learner")
@@ -241,12 +242,12 @@ class LearnerRun:
             self._service_cache = (version, model)
         model = self._service_cache[1]
         if model is None:
-            return {"loss": math.inf}
+            return {"loss": math.inf, "version": version}
         try:
-            return self.learner.evaluate(batches, model)
+            return {**self.learner.evaluate(batches, model), "version": version}
         except Exception as exc:
             log.error("policy v%d in service does not fit this learner (%s)", version, exc)
-            return {"loss": math.inf}
+            return {"loss": math.inf, "version": version}
 
     def _cycle(self) -> None:
         """Validate the candidate and the policy in service on the same set, checkpoint, and
@@ -286,6 +287,12 @@ class LearnerRun:
         if service is None:
             return True
         if cand["loss"] <= service["loss"] * (1.0 + self.cfg.publish_tolerance):
+            return True
+        losing = losing_to_exploration(self.reader, service["version"],
+                                       self.cfg.replace_losing_after)
+        if losing:
+            log.info("step %d: publishing although validation loss %.4f > %.4f: %s", self.step,
+                     cand["loss"], service["loss"], losing)
             return True
         log.info("step %d: not publishing: validation loss %.4f is worse than %.4f of the "
                  "policy in service", self.step, cand["loss"], service["loss"])

@@ -26,6 +26,7 @@ from fleet.dataset import (StoreBatches, ValidationSet, grasp_motions, is_valida
                            quaternion_yaw, stream_batches)
 from fleet.learner import LearnerConfig, LevineCollate, run
 from fleet.learner_api import binary_auc
+from fleet.publish_rule import fleet_record, losing_to_exploration
 from fleet.records import Attempt, Step, encode
 from fleet.store import Store, StoreConfig
 from fleet.store_reader import StoreReader
@@ -104,6 +105,31 @@ def test_targets_split_and_auc():
     assert binary_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
     assert binary_auc(np.array([1.0, 1.0]), np.array([0, 1])) == 0.5  # a tie counts half
     assert np.isnan(binary_auc(np.array([1.0, 2.0]), np.array([1, 1])))
+
+
+def test_a_version_grasping_less_than_exploration_is_flagged(tmp_path):
+    """The publish rule's fleet evidence, counted from a real store's index."""
+    rng = np.random.default_rng(5)
+    attempts = []
+    for kind, version, n, wins in (("cem", 1, 60, 3), ("scripted", 1, 30, 8),
+                                   ("scripted", 0, 30, 7), ("cem", 2, 60, 30)):
+        for i in range(n):
+            a = synthetic_attempt(rng)
+            a.policy_kind, a.policy_version = kind, version
+            a.outcome = "success" if i < wins else "failure"
+            attempts.append(a)
+    aborted = synthetic_attempt(rng)
+    aborted.policy_kind, aborted.policy_version, aborted.outcome = "cem", 1, "aborted"
+    with Store(StoreConfig(root=tmp_path, min_free_bytes=0)) as store:
+        store.append([(a, encode(a)) for a in attempts + [aborted]])
+    reader = StoreReader(tmp_path)
+    record = fleet_record(reader, 1)
+    assert (record.learned_attempts, record.learned_successes) == (60, 3)  # aborted left out
+    assert (record.exploration_attempts, record.exploration_successes) == (60, 15)
+    assert "3/60" in losing_to_exploration(reader, 1, min_attempts=50)
+    assert losing_to_exploration(reader, 1, min_attempts=61) is None  # too little evidence
+    assert losing_to_exploration(reader, 1, min_attempts=0) is None  # rule off
+    assert losing_to_exploration(reader, 2, min_attempts=50) is None  # 0.50 beats 0.25
 
 
 def test_stream_is_deterministic_per_rank_and_excludes_validation(store_dir):
