@@ -288,9 +288,8 @@ class LearnerRun:
             return True
         if cand["loss"] <= service["loss"] * (1.0 + self.cfg.publish_tolerance):
             return True
-        losing = losing_to_exploration(self.reader, service["version"],
-                                       self.cfg.replace_losing_after)
-        if losing:
+        if losing := losing_to_exploration(self.reader, service["version"],
+                                           self.cfg.replace_losing_after):
             log.info("step %d: publishing although validation loss %.4f > %.4f: %s", self.step,
                      cand["loss"], service["loss"], losing)
             return True

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from ros_processes import REPO_ROOT, ProcessGroup, RosProcess, RosTestNode, wait_for
+from sim_messages import pose_target, twist
 
 pytestmark = pytest.mark.ros
 
-import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.parameter import Parameter
@@ -25,15 +25,13 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from sim_bridge import messages
 from sim_bridge.core import SimConfig
-from sim_bridge.messages import from_time_msg, time_msg_ns, top_down_quaternion
-from sim_bridge.node_params import NodeSettings, SIM_PARAMETERS
+from sim_bridge.messages import from_time_msg, time_msg_ns
 from sim_bridge.objects import is_test_object
 
 NS = "/arm1"
-WIDTH, HEIGHT = 48, 40  # not the default: proves the parameters reach the camera
 PARAMS_FILE = REPO_ROOT / "config" / "sim_arm.yaml"
+WIDTH, HEIGHT = 48, 40  # not the default: proves the parameters reach the camera
 CFG = SimConfig()
 LO, HI = np.array(CFG.workspace_min), np.array(CFG.workspace_max)
 POSITION_TOLERANCE = 0.01  # m: commanded vs read-back tool point
@@ -95,26 +93,6 @@ class SimClient:
         status = array.status[0]
         assert status.name == f"sim_arm: {NS}" and status.hardware_id == "arm1"
         return status
-
-
-def twist(linear, yaw_rate=0.0, angular_xy=(0.0, 0.0), frame="base_link", stamp=None):
-    msg = TwistStamped()
-    msg.header.frame_id = frame
-    if stamp is not None:
-        msg.header.stamp = stamp
-    msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in linear)
-    msg.twist.angular.x, msg.twist.angular.y = (float(v) for v in angular_xy)
-    msg.twist.angular.z = float(yaw_rate)
-    return msg
-
-
-def pose_target(xyz, yaw=0.0, frame="base_link"):
-    msg = PoseStamped()
-    msg.header.frame_id = frame
-    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in xyz)
-    o = msg.pose.orientation
-    o.x, o.y, o.z, o.w = top_down_quaternion(yaw)
-    return msg
 
 
 def xyz(pose: PoseStamped) -> np.ndarray:
@@ -373,41 +351,3 @@ def test_servo_round_trip_latency(sim: SimClient) -> None:
     print(f"servo round trip ({WIDTH}x{HEIGHT}): median {median:.1f} ms, "
           f"max {max(times) * 1e3:.1f} ms over {len(times)}")
     assert median < 250.0, f"median servo round trip {median:.0f} ms"
-
-
-# ------------------------------------------------------------------ message rules (no process)
-
-
-@pytest.mark.parametrize("yaw", [-1.5, -0.4, 0.0, 0.3, 1.2])
-def test_top_down_quaternion_matches_the_simulator_and_reads_back(yaw: float) -> None:
-    import pybullet
-
-    ours = np.array(top_down_quaternion(yaw))
-    theirs = np.array(pybullet.getQuaternionFromEuler((math.pi, 0.0, yaw)))
-    assert min(np.abs(ours - theirs).max(), np.abs(ours + theirs).max()) < 1e-9
-    command = messages.pose_command(pose_target([0.5, 0.0, 0.2], yaw))
-    assert command.args[1] == pytest.approx(yaw) and not command.warnings
-
-
-def test_pose_rules() -> None:
-    tilted = pose_target([0.5, 0.0, 0.2])
-    tilted.pose.orientation.x, tilted.pose.orientation.w = 0.0, 1.0  # identity: pointing up
-    assert "only its yaw" in messages.pose_command(tilted).warnings[0]
-    zero = pose_target([0.5, 0.0, 0.2])
-    zero.pose.orientation.x = 0.0
-    with pytest.raises(messages.CommandRejected, match="zero quaternion"):
-        messages.pose_command(zero)
-    assert messages.twist_command(twist([0.1, 0, 0], frame="")).args == ([0.1, 0.0, 0.0], 0.0)
-
-
-def test_default_parameter_file_matches_the_simulator_defaults() -> None:
-    """config/sim_arm.yaml restates SimConfig's defaults for operators: they must not drift."""
-    params = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
-    defaults, own = SimConfig(), NodeSettings(sim=SimConfig())
-    for name in SIM_PARAMETERS:
-        expected = getattr(defaults, name)
-        expected = list(expected) if isinstance(expected, tuple) else expected
-        assert params.pop(name) == expected, name
-    for name in ("arm_id", "idle_publish_rate", "diagnostics_period"):
-        assert params.pop(name) == getattr(own, name), name
-    assert not params, f"parameters the node does not declare: {sorted(params)}"
