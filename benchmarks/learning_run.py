@@ -65,6 +65,8 @@ class RunConfig:
     learner_min_attempts: int = 50
     learner_cycle_s: float = 120.0
     learner_cycle_steps: int = 400
+    learner_method: str = "grasp_point"
+    learner_samples_per_attempt: float = 32.0
     target_success: float = 0.8
     target_attempts: int = 20000
     target_hours: float = 2.0
@@ -190,7 +192,9 @@ def collect(cfg: RunConfig) -> tuple[list[Point], Clock, dict[str, int]]:
                            port=cfg.port, metrics_port=cfg.metrics_port,
                            learner_min_attempts=cfg.learner_min_attempts,
                            learner_cycle_s=cfg.learner_cycle_s,
-                           learner_cycle_steps=cfg.learner_cycle_steps)
+                           learner_cycle_steps=cfg.learner_cycle_steps,
+                           learner_method=cfg.learner_method,
+                           learner_samples_per_attempt=cfg.learner_samples_per_attempt)
     sup = Supervisor(children(fleet), SupervisorConfig(log_dir=cfg.data_dir / "logs"))
     clock, points, attempts = Clock(), [], 0
     next_attempts, next_s = cfg.checkpoint_attempts, cfg.checkpoint_minutes * 60
@@ -376,7 +380,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for f in ("data_dir", "arms", "budget_attempts", "budget_minutes", "checkpoint_attempts",
               "checkpoint_minutes", "eval_attempts", "baseline_attempts", "eval_arms",
               "eval_timeout_s", "seed", "ros_domain_id", "eval_ros_domain_id", "port",
-              "metrics_port", "learner_min_attempts", "learner_cycle_s", "learner_cycle_steps"):
+              "metrics_port", "learner_min_attempts", "learner_cycle_s", "learner_cycle_steps",
+              "learner_method", "learner_samples_per_attempt"):
         flag = "--data" if f == "data_dir" else "--" + f.replace("_", "-")
         p.add_argument(flag, dest=f, type=type(getattr(d, f)), default=None,
                        help=f"default {getattr(d, f)}")

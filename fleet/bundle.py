@@ -12,8 +12,9 @@ the architecture exactly, an input spec that does not match the robot's camera. 
 unpickled (no torch.load). For the wire, `pack_bundle` turns a bundle into one msgpack blob of
 the two files' bytes, and `unpack_bundle` verifies it the same way.
 
-Architectures are looked up by name in an open registry, so a QT-Opt Q-network can register
-beside the grasp success network with `register_architecture` (bundles assume no one learner).
+Architectures are looked up by name in an open registry: the Levine grasp success network and
+the grasp-point network (fleet/grasp_point.py) are registered here, and a QT-Opt Q-network can
+register beside them with `register_architecture` (bundles assume no one learner).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from fleet.durable import atomic_write
+from fleet import grasp_point
 from fleet.network import ARCHITECTURE_NAME, build_grasp_success_net
 
 BUNDLE_FORMAT = 1
@@ -61,6 +63,7 @@ class BundleModel(Protocol):
 #: Architecture name -> builder (config dict as saved in policy.json -> untrained nn.Module).
 ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     ARCHITECTURE_NAME: build_grasp_success_net,
+    grasp_point.ARCHITECTURE_NAME: grasp_point.build_grasp_point_net,
 }
 
 

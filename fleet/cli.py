@@ -177,7 +177,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                                                            "eval.png, spools, logs)")
     p.add_argument("--baselines", default="random,scripted",
                    help="comma-separated baselines measured in the same run ('' for none)")
-    p.add_argument("--image-size", type=int, default=64, help="camera image side, px")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="camera image side, px (default: the arms plan's image_size)")
     p.add_argument("--max-steps", type=int, default=None, help="servo steps T per attempt")
     p.add_argument("--num-objects", type=int, default=None, help="objects in each tray")
     p.add_argument("--seed", type=int, default=1, help="scene and policy seed (same for all)")

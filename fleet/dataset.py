@@ -122,7 +122,8 @@ class StoreBatches:
     def __init__(self, root: Path, collate: Collate, batch_size: int, *, seed: int, rank: int,
                  start_batch: int, val_fraction: float, recent_weight: float = 0.0,
                  refresh_seconds: float = 5.0, cache_bytes: int = 128 * 2**20,
-                 block_batches: int = 8, frame_cache_bytes: int = 512 * 2**20) -> None:
+                 block_batches: int = 8, frame_cache_bytes: int = 512 * 2**20,
+                 first_step_only: bool = False) -> None:
         self.root = Path(root)
         self.collate = collate
         self.batch_size = batch_size
@@ -132,6 +133,7 @@ class StoreBatches:
         self.refresh_seconds = refresh_seconds
         self.cache_bytes = cache_bytes
         self.block_batches = block_batches
+        self.first_step_only = first_step_only
         self.frames = FrameCache(frame_cache_bytes)  # one per process: each worker gets a copy
         self._block: tuple[int, list[StepSample]] = (-1, [])
 
@@ -173,7 +175,7 @@ class StoreBatches:
         want = self.batch_size * self.block_batches
         draw = int(want / max(1e-3, 1.0 - self.val_fraction) * 1.1) + 8
         for tries in range(1000):
-            for s in reader.sample_steps(draw, rng, self.recent_weight):
+            for s in reader.sample_steps(draw, rng, self.recent_weight, self.first_step_only):
                 if not is_validation(s.attempt_id, self.val_fraction):
                     keep.append(s)
                     if len(keep) == want:
@@ -198,19 +200,21 @@ def stream_batches(batches: StoreBatches, workers: int, prefetch: int = 4,
 # -- the validation set (main process, rank 0) ----------------------------------------------------
 
 class ValidationSet:
-    """Every step of the first `max_attempts` validation attempts in store order, collated once.
+    """Every step (or, first_step_only, step 0) of the first `max_attempts` validation attempts
+    in store order, collated once.
 
     Store order only grows, so the set grows until the cap and then stays fixed: the candidate
     and the policy in service are always compared on the same examples.
     """
 
     def __init__(self, reader: StoreReader, collate: Collate, val_fraction: float,
-                 max_attempts: int, batch_size: int) -> None:
+                 max_attempts: int, batch_size: int, first_step_only: bool = False) -> None:
         self.reader = reader
         self.collate = collate
         self.val_fraction = val_fraction
         self.max_attempts = max_attempts
         self.batch_size = batch_size
+        self.first_step_only = first_step_only
         self.attempt_ids: list[str] = []
         self._pending: list[StepSample] = []
         self._batches: list[dict[str, torch.Tensor]] = []
@@ -230,7 +234,8 @@ class ValidationSet:
             if label is None or n == 0 or aid in known or not is_validation(aid,
                                                                             self.val_fraction):
                 continue
-            self._pending.extend(samples_of_attempt(self.reader.read_attempt(aid)))
+            samples = samples_of_attempt(self.reader.read_attempt(aid))
+            self._pending.extend(samples[:1] if self.first_step_only else samples)
             self.attempt_ids.append(aid)
             added += 1
         while self._pending:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fleet.bundle import META_FILE, BundleError, load_bundle
-from fleet.plan import CONFIG_DIR, load_arms, node_plan
+from fleet.plan import CONFIG_DIR, fleet_image_size, load_arms, node_plan
+from fleet.policy_factory import policy_kind
 from fleet.attempt_file import AttemptFileError, unpack_frames
 from fleet.records import Attempt, RecordError, decode
 from fleet.sim_fleet import ros_env
@@ -42,8 +43,6 @@ BASELINES: dict[str, tuple[str, str]] = {
     "random": ("random", "random"),
     "scripted": ("random_descent", "scripted"),
 }
-#: policy_kind of attempts run by a learned bundle (fleet.policy.GraspPolicy).
-LEARNED_KIND = "cem"
 #: z for a two-sided 95% interval.
 Z95 = 1.959963984540054
 REPORT_FORMAT = 1
@@ -64,7 +63,7 @@ class EvalConfig:
     attempts: int = 50  # labelled (success/failure) attempts per policy
     arms: int = 1
     baselines: tuple[str, ...] = ("random", "scripted")
-    image_size: int = 64
+    image_size: Optional[int] = None  # None: config/arms.yaml's (the fleet's camera size)
     max_steps: Optional[int] = None  # None: robot_node's configured T
     num_objects: Optional[int] = None  # None: config/arms.yaml's
     seed: int = 1
@@ -74,6 +73,8 @@ class EvalConfig:
     poll_s: float = 0.5
 
     def validate(self) -> None:
+        if self.image_size is None:
+            self.image_size = fleet_image_size(load_arms(self.arms_config, count=1, sim=True))
         if self.attempts < 1:
             raise EvalError(f"--attempts must be at least 1, got {self.attempts}")
         if self.arms < 1:
@@ -255,7 +256,8 @@ def expand_policies(paths: list[Path], image_size: int) -> list[PolicyRun]:
                 raise EvalError(f"--policy {d}: {exc}") from None
             found.append((meta, d))
         for meta, d in sorted(found, key=lambda md: (md[0].version, str(md[1]))):
-            runs.append(PolicyRun(name=f"v{meta.version}", kind=LEARNED_KIND, bundle=d.resolve(),
+            runs.append(PolicyRun(name=f"v{meta.version}", kind=policy_kind(meta.architecture),
+                                  bundle=d.resolve(),
                                   version=meta.version,
                                   trained_on_attempts=meta.trained_on_attempts))
     names = [r.name for r in runs]

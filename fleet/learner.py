@@ -17,7 +17,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,11 +26,16 @@ from torch import nn
 
 from fleet.bundle import BundleMeta
 from fleet.dataset import decode_rgb, grasp_motions
-from fleet.learner_api import Batch, Learner, PublishFn, binary_metrics
+from fleet.learner_api import Batch, Learner, PublishFn
 from fleet.network import GraspSuccessNet, NetworkConfig, encode_motions
 from fleet.store_reader import StepSample
+from fleet.supervised import SupervisedLearner
 
 log = logging.getLogger("fleet.learner")
+
+
+#: The learning methods a learner run can use (LearnerConfig.method).
+METHODS = ("grasp_point", "levine")
 
 
 @dataclass
@@ -39,6 +44,7 @@ class LearnerConfig:
 
     data: Path  # the episode store directory (the data server's --data)
     out: Path  # run directory: checkpoint, policies/, tensorboard/
+    method: str = "grasp_point"  # "grasp_point" (fleet/grasp_point_learner.py) or "levine"
     steps: Optional[int] = None  # stop at this total step count; None = run beside the fleet
     batch_size: int = 64  # per rank
     lr: float = 1e-3  # Adam
@@ -56,6 +62,9 @@ class LearnerConfig:
     augment_shift: int = 4  # random image shift, px (against memorising scenes)
     augment_colour: float = 0.2  # random brightness/contrast change, fraction
     min_attempts: int = 50  # labelled attempts stored before the first training step
+    # Replay ratio: the learner waits for more data once it has trained on this many samples
+    # per labelled attempt stored (beyond it a small store is memorised); 0: no cap.
+    samples_per_attempt: float = 0.0  # max training samples per labelled attempt stored
     cycle_every_steps: int = 500  # validate + checkpoint + maybe publish this often...
     cycle_every_seconds: float = 300.0  # ...or at least this often
     publish_tolerance: float = 0.0  # publish if val loss <= in-service val loss * (1 + this)
@@ -80,6 +89,12 @@ class LearnerConfig:
             raise ValueError("cycle_every_steps must be >= 1 and cycle_every_seconds > 0")
         if self.steps is not None and self.steps < 0:
             raise ValueError("steps must be >= 0")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown learning method {self.method!r}; choose from "
+                             f"{sorted(METHODS)}")
+        if self.samples_per_attempt < 0:
+            raise ValueError(f"samples_per_attempt must be >= 0 (0: no cap), got "
+                             f"{self.samples_per_attempt}")
         if self.frame_cache_mb < 0:
             raise ValueError(f"frame_cache_mb must be >= 0 (0: off), got {self.frame_cache_mb}")
 
@@ -149,101 +164,31 @@ class LevineCollate:
                 "label": torch.tensor([float(s.label) for s in samples])}
 
 
-class LevineLearner:
+class LevineLearner(SupervisedLearner):
     """The grasp success network g(I, v), Adam, BCE with logits. Implements learner_api.Learner."""
 
     name = "levine2016_supervised"
 
     def __init__(self, network: NetworkConfig, lr: float, weight_decay: float,
                  device: torch.device, options: Optional[TrainingOptions] = None) -> None:
-        self.device = device
         self.options = options or TrainingOptions()
-        self.net = GraspSuccessNet(network).to(device)
-        self.model: nn.Module = self.net
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr,
-                                          weight_decay=weight_decay)
+        super().__init__(GraspSuccessNet(network), lr, weight_decay, device,
+                         self.options.positive_weight)
         self.collate = LevineCollate(network.image_height, network.image_width,
                                      network.motion_scale)
-        self._window: list[tuple[torch.Tensor, torch.Tensor, float]] = []
-        #: Training steps taken: seeds each step's augmentation, so a learner resumed from a
-        #: checkpoint augments exactly as an uninterrupted one would.
-        self.steps_taken = 0
 
-    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d = self.device
-        return (batch["image"].to(d, non_blocking=True).float().div_(255.0),
-                batch["motion"].to(d, non_blocking=True), batch["label"].to(d, non_blocking=True))
-
-    def _initial(self, batch: Batch) -> Optional[torch.Tensor]:
-        """The pre-grasp images I_0 (uint8, like "image") for networks that take them."""
-        if "initial_image" not in batch:
-            return None
-        return batch["initial_image"].to(self.device, non_blocking=True).float().div_(255.0)
-
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        self.model.train()
-        image, motion, label = self._inputs(batch)
-        initial = self._initial(batch)
+    def forward_batch(self, model: nn.Module, batch: Batch,
+                      generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self._to_device(batch["image"]).float().div_(255.0)
+        # the pre-grasp images I_0 (uint8, like "image") for networks that take them
+        initial = (self._to_device(batch["initial_image"]).float().div_(255.0)
+                   if "initial_image" in batch else None)
         o = self.options
-        if o.augment_shift or o.augment_colour:
-            g = torch.Generator().manual_seed(self.steps_taken)
-            image = augment(image, o, g)
-            initial = None if initial is None else augment(initial, o, g)
-        self.steps_taken += 1
-        pos_weight = None if o.positive_weight == 1.0 else \
-            torch.tensor(o.positive_weight, device=self.device)
-        logits = self.model(image, motion, initial)
-        loss = F.binary_cross_entropy_with_logits(logits, label, pos_weight=pos_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        value = float(loss.detach())
-        self._window.append((logits.detach().cpu(), label.cpu(), value))
-        return {"loss": value}
-
-    def train_metrics(self) -> dict[str, float]:
-        if not self._window:
-            return {}
-        logits = torch.cat([w[0] for w in self._window]).numpy()
-        labels = torch.cat([w[1] for w in self._window]).numpy()
-        loss = float(np.mean([w[2] for w in self._window]))
-        self._window.clear()
-        return binary_metrics(logits, labels, loss)
-
-    @torch.no_grad()
-    def evaluate(self, batches: Iterable[Batch],
-                 model: Optional[nn.Module] = None) -> dict[str, float]:
-        model = (model or self.net).to(self.device)
-        was_training = model.training
-        model.eval()
-        total, logits_all, labels_all = 0.0, [], []
-        for batch in batches:
-            image, motion, label = self._inputs(batch)
-            logits = model(image, motion, self._initial(batch))
-            total += float(F.binary_cross_entropy_with_logits(logits, label, reduction="sum"))
-            logits_all.append(logits.cpu())
-            labels_all.append(label.cpu())
-        model.train(was_training)
-        if not labels_all:
-            return {"loss": float("nan"), "examples": 0.0}
-        logits, labels = torch.cat(logits_all).numpy(), torch.cat(labels_all).numpy()
-        return binary_metrics(logits, labels, total / len(labels))
-
-    def network(self) -> nn.Module:
-        return self.net
-
-    def wrap_distributed(self) -> None:
-        ids = [self.device.index or 0] if self.device.type == "cuda" else None
-        self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"network": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "steps_taken": self.steps_taken}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["network"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.steps_taken = int(state.get("steps_taken", 0))
+        if generator is not None and (o.augment_shift or o.augment_colour):
+            image = augment(image, o, generator)
+            initial = None if initial is None else augment(initial, o, generator)
+        logits = model(image, self._to_device(batch["motion"]), initial)
+        return logits, self._to_device(batch["label"])
 
 
 def parameter_checksum(model: nn.Module) -> str:

@@ -29,6 +29,8 @@ from fleet.bundle import load_bundle
 from fleet.checkpoint import (CheckpointError, atomic_write_json, bundle_dir, load_checkpoint,
                               read_pointer, save_checkpoint, write_policy)
 from fleet.dataset import StoreBatches, ValidationSet, labelled_attempt_counts, stream_batches
+from fleet.grasp_point import GraspPointConfig
+from fleet.grasp_point_learner import GraspPointLearner
 from fleet.learner import LearnerConfig, LevineLearner, parameter_checksum
 from fleet.learner_api import Batch, Learner, PublishFn
 from fleet.network import NetworkConfig
@@ -36,6 +38,21 @@ from fleet.publish_rule import losing_to_exploration
 from fleet.store_reader import StoreReader
 
 log = logging.getLogger("fleet.learner")
+
+
+def make_learner(config: LearnerConfig, device: torch.device) -> Learner:
+    """The learning method config.method names, with the network for the robots' camera size."""
+    size = config.image_size
+    if config.method == "levine":
+        return LevineLearner(NetworkConfig(image_height=size, image_width=size), config.lr,
+                             config.weight_decay, device, config.training_options())
+    return GraspPointLearner(GraspPointConfig(image_height=size, image_width=size), config.lr,
+                             config.weight_decay, device, config.training_options())
+
+
+def first_step_only(learner: Learner) -> bool:
+    """Whether the method trains on each attempt's first step only (grasp-point: I_0)."""
+    return bool(getattr(learner, "first_step_only", False))
 
 
 class LearnerRun:
@@ -53,9 +70,7 @@ class LearnerRun:
         self.device = device
         torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.learner: Learner = learner or LevineLearner(
-            NetworkConfig(image_height=config.image_size, image_width=config.image_size),
-            config.lr, config.weight_decay, device, config.training_options())
+        self.learner: Learner = learner or make_learner(config, device)
         self.step = 0
         self.last_published_step = -1
         self.last_checkpoint_step = -1
@@ -64,6 +79,9 @@ class LearnerRun:
         self.valset: Optional[ValidationSet] = None
         self.writer = None
         self._service_cache: tuple[int, Any] = (-1, None)
+        #: (when, labelled training attempts) last counted for the replay-ratio cap
+        self._attempts_counted: tuple[float, int] = (-math.inf, 0)
+        self._waiting_since: Optional[float] = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -145,7 +163,8 @@ class LearnerRun:
     def _open_rank0_tools(self) -> None:
         assert self.reader is not None
         self.valset = ValidationSet(self.reader, self.learner.collate, self.cfg.val_fraction,
-                                    self.cfg.val_max_attempts, self.cfg.batch_size)
+                                    self.cfg.val_max_attempts, self.cfg.batch_size,
+                                    first_step_only(self.learner))
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             logdir = self.cfg.logdir or self.cfg.out / "tensorboard"
@@ -157,19 +176,50 @@ class LearnerRun:
                           val_fraction=self.cfg.val_fraction,
                           recent_weight=self.cfg.recent_weight,
                           refresh_seconds=self.cfg.refresh_seconds,
-                          frame_cache_bytes=self.cfg.frame_cache_mb * 2**20)
+                          frame_cache_bytes=self.cfg.frame_cache_mb * 2**20,
+                          first_step_only=first_step_only(self.learner))
         return stream_batches(ds, self.cfg.workers, self.cfg.prefetch,
                               pin_memory=self.device.type == "cuda")
 
     # -- training ----------------------------------------------------------------------------
 
-    def _agree_to_stop(self) -> bool:
-        flag = self.stop_requested or (self.cfg.steps is not None and self.step >= self.cfg.steps)
+    def _agree(self) -> tuple[bool, bool]:
+        """(stop, wait) as every rank agrees: one all-reduce per step, so that ranks train the
+        same steps (a rank that waited alone would pair its next all-reduce with the others'
+        gradient reduction)."""
+        stop = self.stop_requested or (self.cfg.steps is not None and self.step >= self.cfg.steps)
+        wait = not stop and self._over_replay_ratio()
         if self.world > 1:
-            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            t = torch.tensor([float(stop), float(wait)], device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
+            stop, wait = bool(t[0].item()), bool(t[1].item())
+        return stop, wait
+
+    def _over_replay_ratio(self) -> bool:
+        """True while the run has drawn samples_per_attempt samples (all ranks together) per
+        labelled training attempt stored: the learner then waits for the fleet instead of
+        memorising what it has (and leaves the CPU to the arms). The store is re-counted at
+        most every poll_seconds."""
+        ratio = self.cfg.samples_per_attempt
+        if ratio <= 0:
+            return False
+        trained = self.step * self.cfg.batch_size * self.world
+        if trained < ratio * self._attempts_counted[1]:
+            self._waiting_since = None
+            return False
+        now = time.monotonic()
+        if now - self._attempts_counted[0] >= self.cfg.poll_seconds:
+            assert self.reader is not None
+            self.reader.refresh()
+            self._attempts_counted = (now, labelled_attempt_counts(self.reader,
+                                                                   self.cfg.val_fraction)[0])
+        over = trained >= ratio * self._attempts_counted[1]
+        if over and self._waiting_since is None:
+            self._waiting_since = now
+            log.info("rank %d: step %d: %d samples drawn for %d training attempts (cap %g "
+                     "per attempt): waiting for the fleet", self.rank, self.step, trained,
+                     self._attempts_counted[1], ratio)
+        return over
 
     def _train(self) -> None:
         cfg = self.cfg
@@ -183,7 +233,13 @@ class LearnerRun:
         log.info("rank %d/%d: training from step %d (%s, batch %d, %d workers)", self.rank,
                  self.world, self.step, self.device, cfg.batch_size, cfg.workers)
         try:
-            while not self._agree_to_stop():
+            while True:
+                stop, wait = self._agree()
+                if stop:
+                    break
+                if wait:
+                    time.sleep(0.2)
+                    continue
                 self.learner.train_step(next(it))
                 self.step += 1
                 samples += cfg.batch_size

@@ -131,7 +131,10 @@ def node_plan(arms: list[ArmSpec], config_dir: Path = CONFIG_DIR,
                             "num_objects": arm.num_objects, "split": arm.split,
                             "seed": arm.seed},
                 remappings=clock))
-        robot_params: dict[str, Any] = {"arm_id": arm.name, "use_sim_time": arm.sim}
+        # the policy's input size is the camera's: one setting (arms.yaml image_size) for both
+        robot_params: dict[str, Any] = {"arm_id": arm.name, "use_sim_time": arm.sim,
+                                        "image_width": arm.image_size,
+                                        "image_height": arm.image_size}
         robot_params.update(extra_robot_params or {})
         nodes.append(NodeSpec(
             arm=arm.name, executable="robot_node", module="robot_node.node",
@@ -139,6 +142,15 @@ def node_plan(arms: list[ArmSpec], config_dir: Path = CONFIG_DIR,
             params_files=_existing([config_dir / "robot_node.yaml"]),
             parameters=robot_params, remappings=clock))
     return nodes
+
+
+def fleet_image_size(arms: list[ArmSpec]) -> int:
+    """The one camera size of a fleet: its arms share one network, so they must agree."""
+    sizes = sorted({a.image_size for a in arms})
+    if len(sizes) != 1:
+        raise PlanError(f"arms have image sizes {sizes}: one fleet trains one network, so every "
+                        f"arm's image_size must be the same")
+    return sizes[0]
 
 
 def _existing(paths: list[Path]) -> list[Path]:

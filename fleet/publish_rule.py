@@ -17,7 +17,6 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleet.policy import GraspPolicy
 from fleet.store_reader import StoreReader
 
 #: Policy kinds robot_node records for exploration attempts (fleet.exploration).
@@ -42,14 +41,15 @@ class FleetRecord:
         return self.exploration_successes / max(self.exploration_attempts, 1)
 
 
-def fleet_record(reader: StoreReader, version: int,
-                 learned_kind: str = GraspPolicy.kind) -> FleetRecord:
-    """Counts from the store's attempt index (aborted attempts have no label and are left out)."""
+def fleet_record(reader: StoreReader, version: int) -> FleetRecord:
+    """Counts from the store's attempt index (aborted attempts have no label and are left out).
+    Learned attempts are those of `version` run by a network, whatever its method ("cem",
+    "grasp_point", ...): any kind that is not an exploration kind."""
     t = reader.attempts().select(["policy_kind", "policy_version", "label"])
     t = t.filter(pc.is_valid(t["label"]))
-    learned = t.filter(pc.and_(pc.equal(t["policy_kind"], learned_kind),
-                               pc.equal(t["policy_version"], version)))
-    explore = t.filter(pc.is_in(t["policy_kind"], value_set=pa.array(list(EXPLORATION_KINDS))))
+    exploring = pc.is_in(t["policy_kind"], value_set=pa.array(list(EXPLORATION_KINDS)))
+    learned = t.filter(pc.and_(pc.invert(exploring), pc.equal(t["policy_version"], version)))
+    explore = t.filter(exploring)
 
     def successes(x) -> int:
         return int(pc.sum(pc.cast(x["label"], "int64")).as_py() or 0)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from fleet.plan import CONFIG_DIR, load_arms, node_plan
+from fleet.plan import CONFIG_DIR, fleet_image_size, load_arms, node_plan
 from fleet.supervisor import ChildSpec, Supervisor, SupervisorConfig
 
 log = logging.getLogger("fleet.sim")
@@ -46,6 +46,8 @@ class SimFleetConfig:
     learner_min_attempts: int = 50  # labelled attempts before the first training step
     learner_cycle_s: float = 120.0  # validate / checkpoint / maybe publish this often
     learner_cycle_steps: int = 400  # ... or after this many training steps
+    learner_method: str = "grasp_point"  # fleet.learner --method
+    learner_samples_per_attempt: float = 32.0  # fleet.learner --samples-per-attempt (0: no cap)
 
 
 def default_arm_count() -> int:
@@ -93,8 +95,11 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
         out.append(ChildSpec(name="learner", env={"PYTHONUNBUFFERED": "1"}, argv=[
             python, "-m", "fleet.learner", "--data", str(store), "--out", str(learner),
             "--min-attempts", str(cfg.learner_min_attempts),
+            "--image-size", str(fleet_image_size(arms)),
             "--cycle-every-seconds", str(cfg.learner_cycle_s),
-            "--cycle-every-steps", str(cfg.learner_cycle_steps), "--no-progress"]))
+            "--cycle-every-steps", str(cfg.learner_cycle_steps),
+            "--method", cfg.learner_method,
+            "--samples-per-attempt", str(cfg.learner_samples_per_attempt), "--no-progress"]))
     if cfg.dashboard_port:
         out.append(ChildSpec(name="monitor", env={"PYTHONUNBUFFERED": "1"}, argv=[
             python, "-m", "fleet.cli", "monitor", "--server", f"tcp://127.0.0.1:{cfg.port}",
@@ -164,6 +169,8 @@ def _cmd_sim(args) -> int:
                               learner_min_attempts=args.learner_min_attempts,
                               learner_cycle_s=args.learner_cycle_s,
                               learner_cycle_steps=args.learner_cycle_steps,
+                              learner_method=args.learner_method,
+                              learner_samples_per_attempt=args.learner_samples_per_attempt,
                               metrics_port=args.metrics_port or None,
                               dashboard_port=args.dashboard_port or None))
 
@@ -191,6 +198,12 @@ def add_sim(sub) -> None:
                    help="how often the learner validates and maybe publishes, s")
     p.add_argument("--learner-cycle-steps", type=int, default=400,
                    help="... or after this many training steps, whichever comes first")
+    p.add_argument("--learner-method", choices=("grasp_point", "levine"), default="grasp_point",
+                   help="learning method: grasp_point (where to close, from I_0) or levine "
+                        "(Levine et al. 2016 servoing network)")
+    p.add_argument("--learner-samples-per-attempt", type=float, default=32.0,
+                   help="learner replay ratio: training samples per labelled attempt stored, "
+                        "beyond which it waits for the fleet (0: no cap)")
     p.add_argument("--dashboard-port", type=int, default=8080,
                    help="web dashboard port on 127.0.0.1 (0: no dashboard)")
     p.set_defaults(func=_cmd_sim)

@@ -192,12 +192,15 @@ class StoreReader:
         return self._arrays
 
     def sample_steps(self, n: int, rng: np.random.Generator,
-                     recent_weight: float = 0.0) -> list[StepSample]:
+                     recent_weight: float = 0.0,
+                     first_step_only: bool = False) -> list[StepSample]:
         """n steps drawn with replacement from labelled (not aborted) attempts.
 
         recent_weight=0: every stored step is equally likely. recent_weight=w > 0: a step's
         weight grows linearly with its attempt's position in store order, the newest attempt's
-        steps (1 + w) times as likely as the oldest's. Reads only the row groups it needs.
+        steps (1 + w) times as likely as the oldest's. first_step_only: only step 0 of each
+        attempt (its pre-grasp image), every attempt equally likely (before recent_weight).
+        Reads only the row groups it needs.
         """
         if recent_weight < 0:
             raise ValueError("recent_weight must be >= 0")
@@ -206,11 +209,11 @@ class StoreReader:
         num_steps = arrays["num_steps"][rows]
         if len(rows) == 0:
             raise LookupError(f"store {self.root} has no labelled attempts with steps yet")
-        weights = num_steps.astype(np.float64)
+        weights = np.ones(len(rows)) if first_step_only else num_steps.astype(np.float64)
         if recent_weight and len(rows) > 1:
             weights *= 1.0 + recent_weight * np.arange(len(rows)) / (len(rows) - 1)
         picks = rng.choice(len(rows), size=n, p=weights / weights.sum())
-        steps = rng.integers(0, num_steps[picks])
+        steps = np.zeros(n, np.int64) if first_step_only else rng.integers(0, num_steps[picks])
         chosen = rows[picks]
         shard_nos = arrays["shard"][chosen]
         step_rows = arrays["step_offset"][chosen] + steps

@@ -89,6 +89,9 @@ class NodeConfig:
     cem_samples: int = _p(64, "CEM samples per iteration.")
     cem_elites: int = _p(6, "CEM elites refit per iteration.")
     cem_iterations: int = _p(3, "CEM iterations per step.")
+    grasp_explore_top: float = _p(0.0, "Grasp-point policies: share of learned attempts whose "
+                                       "grasp is drawn among the 16 best-scored candidates "
+                                       "(in proportion to their scores) instead of the best.")
     torch_threads: int = _p(1, "Torch intra-op threads for the policy network. 1: a CEM "
                                "decision is a few small batches, and more threads only fight "
                                "the simulator, the other arms and the learner for the cores "
@@ -128,6 +131,9 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value}")
         if self.motion_mode not in ("twist", "pose"):
             raise ConfigError(f"motion_mode must be 'twist' or 'pose', got {self.motion_mode!r}")
+        if not 0.0 <= self.grasp_explore_top <= 1.0:
+            raise ConfigError(f"grasp_explore_top must be in [0, 1], got "
+                              f"{self.grasp_explore_top}")
         if not 0.0 <= self.exploration_share <= 1.0:
             raise ConfigError(f"exploration_share must be in [0, 1], got {self.exploration_share}")
         if self.torch_threads < 0:

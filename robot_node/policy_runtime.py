@@ -1,5 +1,6 @@
-"""Which policy runs the next attempt: the newest good policy bundle (CEM over its grasp
-network), mixed with exploration, or exploration alone before any network exists.
+"""Which policy runs the next attempt: the newest good policy bundle (the servo policy of its
+architecture, fleet/policy_factory.py: CEM over the Levine grasp network, or the grasp-point
+policy), mixed with exploration, or exploration alone before any network exists.
 
 Bundles are looked for between attempts only, so a policy is never swapped mid-attempt. A bundle
 that fails to load (bad checksum, wrong camera size, unknown architecture, ...) is refused with
@@ -17,9 +18,9 @@ from typing import Callable, Optional
 import torch
 
 from fleet.bundle import META_FILE, WEIGHTS_FILE, BundleError, BundleMeta, load_bundle
-from fleet.cem import CEMConfig
 from fleet.exploration import DescentConfig, MixedPolicy, RandomDescentPolicy, RandomPolicy
-from fleet.policy import GraspPolicy, GraspPolicyConfig, Policy, StepLimits
+from fleet.policy import Policy, StepLimits
+from fleet.policy_factory import ServoSettings, policy_for
 from robot_node.params import ConfigError, NodeConfig
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,16 @@ class PolicyRuntime:
             return (f"ignored policy bundle {cand.path}: version {meta.version} is not newer "
                     f"than the running {self.meta.version}")
         c = self.config
-        cem = CEMConfig(samples=c.cem_samples, elites=c.cem_elites, iterations=c.cem_iterations)
-        self.learned = GraspPolicy.from_model(model, GraspPolicyConfig(cem=cem), meta.version)
+        settings = ServoSettings(cem_samples=c.cem_samples, cem_elites=c.cem_elites,
+                                 cem_iterations=c.cem_iterations,
+                                 explore_top=c.grasp_explore_top)
+        try:
+            learned = policy_for(model, meta.version, settings)
+        except ValueError as exc:
+            self.refused[cand.fingerprint] = str(exc)
+            return (f"refused policy bundle {cand.path}: {exc}; still running policy "
+                    f"version {self.version}")
+        self.learned = learned
         self.meta = meta
         self._loaded_fingerprint = cand.fingerprint
         return (f"loaded policy bundle {cand.path}: version {meta.version}"

@@ -16,6 +16,7 @@ import torch
 from fleet.bundle import save_bundle
 from fleet.evaluate import (EvalConfig, EvalError, PolicyRun, SpoolScanner, expand_policies,
                             read_spool_file, summarise, wilson_interval)
+from fleet.grasp_point import GraspPointConfig, GraspPointNet
 from fleet.network import GraspSuccessNet
 from fleet.records import Attempt, Step, decode, encode
 from fleet.report_plot import format_table, plot_report
@@ -134,7 +135,11 @@ def test_a_directory_of_versions_gives_one_run_per_version_and_a_plot(tmp_path):
 @pytest.mark.timeout(240)
 def test_fleet_eval_end_to_end(tmp_path, ros_domain):
     torch.manual_seed(0)
-    save_bundle(tmp_path / "bundle", GraspSuccessNet(), version=1, trained_on_attempts=0)
+    # the default method's network at the fleet's camera size (config/arms.yaml: 128 px), which
+    # `fleet eval` takes when --image-size is not given
+    save_bundle(tmp_path / "bundle", GraspPointNet(GraspPointConfig(image_height=128,
+                                                                    image_width=128)),
+                version=1, trained_on_attempts=0)
     out = tmp_path / "eval"
     started = time.monotonic()
     proc = subprocess.run(
@@ -158,12 +163,13 @@ def test_fleet_eval_end_to_end(tmp_path, ros_domain):
         # truth comes on a latched topic within ground_truth_wait; allow one late under load
         assert r["ground_truth_known"] >= 2 and 0.0 <= r["agreement"] <= 1.0
         assert r["objects"] and r["non_test_objects"] == []
-    assert by_policy["v1"]["kind"] == "cem" and by_policy["v1"]["bundle"]
+    assert by_policy["v1"]["kind"] == "grasp_point" and by_policy["v1"]["bundle"]
     assert "v1" in proc.stdout and "95% CI" in proc.stdout  # the table
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Independently of fleet.evaluate: what each run's robots actually spooled.
-    expected_kind = {"random": ("random", 0), "scripted": ("scripted", 0), "v1": ("cem", 1)}
+    expected_kind = {"random": ("random", 0), "scripted": ("scripted", 0),
+                     "v1": ("grasp_point", 1)}
     for name, (kind, version) in expected_kind.items():
         files = sorted((out / "runs" / name / "spool").glob("*/*.attempt"))
         records = [decode(unpack_frames(f.read_bytes(), str(f))) for f in files]

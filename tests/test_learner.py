@@ -2,7 +2,9 @@
 
 The synthetic data set makes the label learnable: the gripper always starts 0.25 m up and the
 grasp succeeds iff it closed below z = 0.1 m, so the label is a function of the target motion's
-dz. Images are real JPEGs (a coloured blob on grey), decoded in DataLoader workers.
+dz. Images are real JPEGs (a coloured blob on grey), decoded in DataLoader workers. These tests run
+the Levine learner (`--method levine`): they test the machinery every method shares; the
+grasp-point learner has its own tests (tests/test_grasp_point.py).
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def store_dir(tmp_path_factory) -> Path:
 
 def learner_argv(data: Path, out: Path, *extra: str) -> list[str]:
     return [PYTHON, "-m", "fleet.learner", "--data", str(data), "--out", str(out),
-            "--batch-size", "16", "--min-attempts", "10", "--no-tensorboard", "--no-progress",
+            "--method", "levine", "--batch-size", "16", "--min-attempts", "10", "--no-tensorboard", "--no-progress",
             *extra]
 
 
@@ -167,7 +169,7 @@ def test_stream_is_deterministic_per_rank_and_excludes_validation(store_dir):
 @pytest.mark.slow
 def test_training_lowers_validation_loss_and_publishes_loadable_bundles(store_dir, tmp_path):
     published = []
-    cfg = LearnerConfig(data=store_dir, out=tmp_path / "run", steps=100, batch_size=32,
+    cfg = LearnerConfig(method="levine", data=store_dir, out=tmp_path / "run", steps=100, batch_size=32,
                         min_attempts=10, cycle_every_steps=10, log_every_steps=20,
                         progress=False)
     summary = run(cfg, publish_fn=lambda path, meta: published.append((path, meta)))
@@ -188,7 +190,7 @@ def test_training_lowers_validation_loss_and_publishes_loadable_bundles(store_di
 
 @pytest.mark.slow
 def test_worse_model_is_not_published(store_dir, tmp_path):
-    good = LearnerConfig(data=store_dir, out=tmp_path / "good", steps=60, batch_size=32,
+    good = LearnerConfig(method="levine", data=store_dir, out=tmp_path / "good", steps=60, batch_size=32,
                          min_attempts=10, cycle_every_steps=60, tensorboard=False,
                          progress=False)
     run(good)
@@ -199,7 +201,7 @@ def test_worse_model_is_not_published(store_dir, tmp_path):
         (good.out / "policies" / "latest.json").read_bytes())
     published = []
     # lr 0: the candidate stays untrained, so it validates worse than the policy in service
-    bad = LearnerConfig(data=store_dir, out=out, steps=5, lr=0.0, batch_size=16,
+    bad = LearnerConfig(method="levine", data=store_dir, out=out, steps=5, lr=0.0, batch_size=16,
                         min_attempts=10, cycle_every_steps=5, tensorboard=False,
                         progress=False)
     summary = run(bad, publish_fn=lambda path, meta: published.append(meta))

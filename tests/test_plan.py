@@ -1,11 +1,12 @@
 """The process plan computed from config/arms.yaml: what `fleet sim` and arms.launch.py start."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from fleet.plan import CONFIG_DIR, PlanError, load_arms, node_plan
+from fleet.plan import CONFIG_DIR, PlanError, fleet_image_size, load_arms, node_plan
 
 
 def test_default_config_plans_a_sim_arm_and_robot_node_per_arm() -> None:
@@ -21,7 +22,13 @@ def test_default_config_plans_a_sim_arm_and_robot_node_per_arm() -> None:
     ros = argv[3:]
     assert ros[0] == "--ros-args"
     assert "__ns:=/arm1" in ros and "/clock:=/arm1/clock" in ros
-    assert "split:='train'" in ros and "image_width:=64" in ros
+    assert "split:='train'" in ros and "image_width:=128" in ros
+    # the robot_node of the arm gets the same camera size (one setting for both nodes)
+    robot = nodes[1].argv("python")
+    assert "image_width:=128" in robot and "image_height:=128" in robot
+    assert fleet_image_size(arms) == 128
+    with pytest.raises(PlanError, match="same"):
+        fleet_image_size([arms[0], replace(arms[1], image_size=64)])
 
 
 def test_real_arms_have_no_sim_and_no_clock_remap() -> None:

@@ -1,0 +1,86 @@
+"""The grasp-point learner: supervised grasp success on (I_0, where and how the gripper closed).
+
+One example per labelled attempt: the pre-grasp image I_0 (the attempt's first recorded step),
+the closing pose's x, y and yaw (final_pose: where the gripper really closed, contact stops and
+all, not where the policy aimed) and the gripper's label, trained with binary cross-entropy on
+the grasp-point network's logit (fleet/grasp_point.py). Beside the Levine learner
+(fleet/learner.py) it plugs into the same machinery (fleet/learner_loop.py: store streams,
+DDP, checkpoints, the publish rule) through fleet.learner_api.Learner; `first_step_only` tells
+the machinery to draw only step 0 of each attempt.
+
+Augmentations are the gripper's exact symmetries, drawn per example: a half turn of the yaw
+(the same grasp) and a left-right / up-down mirror of the patch (the mirrored scene grasped the
+mirrored way); plus a brightness/contrast change of the image (`augment_colour`). No image
+shift: the patch geometry is the camera calibration, and moving the image would move the grasp.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fleet.dataset import decode_rgb, quaternion_yaw
+from fleet.grasp_point import GraspPointConfig, GraspPointNet
+from fleet.learner import TrainingOptions, augment
+from fleet.learner_api import Batch
+from fleet.store_reader import StepSample
+from fleet.supervised import SupervisedLearner
+
+
+def closing_grasps(final_poses: np.ndarray) -> np.ndarray:
+    """(N, 7) closing poses (x, y, z, qx, qy, qz, qw) -> (N, 3) float32 grasps (x, y, yaw)."""
+    fp = np.asarray(final_poses, dtype=np.float64).reshape(-1, 7)
+    return np.stack([fp[:, 0], fp[:, 1], quaternion_yaw(fp[:, 3:])], 1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GraspPointCollate:
+    """StepSamples (step 0 of attempts) -> {"image": uint8 (B,3,H,W), "grasp": (B,3),
+    "label": (B,)}. Picklable; runs in DataLoader workers."""
+
+    height: int
+    width: int
+
+    def __call__(self, samples: Sequence[StepSample]) -> Batch:
+        if any(s.step != 0 for s in samples):
+            raise ValueError("the grasp-point learner trains on each attempt's first step (I_0) "
+                             "only; draw samples with first_step_only")
+        images = np.stack([decode_rgb(s.image_jpeg, self.height, self.width) for s in samples])
+        return {"image": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+                "grasp": torch.from_numpy(closing_grasps(np.stack([s.final_pose
+                                                                   for s in samples]))),
+                "label": torch.tensor([float(s.label) for s in samples])}
+
+
+class GraspPointLearner(SupervisedLearner):
+    """The grasp-point network, Adam, BCE with logits. Implements learner_api.Learner."""
+
+    name = "grasp_point_supervised"
+    first_step_only = True
+
+    def __init__(self, network: GraspPointConfig, lr: float, weight_decay: float,
+                 device: torch.device, options: Optional[TrainingOptions] = None) -> None:
+        self.options = options or TrainingOptions()
+        super().__init__(GraspPointNet(network), lr, weight_decay, device,
+                         self.options.positive_weight)
+        self.collate = GraspPointCollate(network.image_height, network.image_width)
+
+    def forward_batch(self, model: nn.Module, batch: Batch,
+                      generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self._to_device(batch["image"]).float().div_(255.0)
+        grasp = self._to_device(batch["grasp"])
+        mirror = None
+        if generator is not None:
+            b = grasp.shape[0]
+            turn = (torch.rand(b, generator=generator) < 0.5).to(grasp.dtype) * math.pi
+            grasp = grasp.clone()
+            grasp[:, 2] += turn.to(grasp.device)
+            mirror = torch.rand(b, 2, generator=generator) < 0.5
+            if self.options.augment_colour:
+                image = augment(image, TrainingOptions(augment_colour=self.options.augment_colour),
+                                generator)
+        return model(image, grasp, mirror), self._to_device(batch["label"])
