@@ -74,8 +74,8 @@ class RunConfig:
 
     @staticmethod
     def quick(**over) -> "RunConfig":
-        base = dict(data_dir=Path("runs/learning_run_quick"), arms=1, budget_attempts=12,
-                    budget_minutes=0.3, checkpoint_attempts=10**9, checkpoint_minutes=10**9,
+        base = dict(data_dir=Path("runs/learning_run_quick"), arms=1, budget_attempts=30,
+                    budget_minutes=0.5, checkpoint_attempts=10**9, checkpoint_minutes=10**9,
                     eval_attempts=2, baseline_attempts=2, eval_arms=1, eval_timeout_s=20.0,
                     learner_min_attempts=5, learner_cycle_s=5.0, learner_cycle_steps=20,
                     fresh=True)

@@ -230,6 +230,7 @@ class LearnerRun:
                        dynamic_ncols=True)
         it = self._batches()
         last_cycle, last_log, samples = time.monotonic(), time.monotonic(), 0
+        cycled_at = self.step
         log.info("rank %d/%d: training from step %d (%s, batch %d, %d workers)", self.rank,
                  self.world, self.step, self.device, cfg.batch_size, cfg.workers)
         try:
@@ -238,6 +239,11 @@ class LearnerRun:
                 if stop:
                     break
                 if wait:
+                    # what was trained before the wait is validated and published on time
+                    if (self.rank == 0 and self.step > cycled_at
+                            and time.monotonic() - last_cycle >= cfg.cycle_every_seconds):
+                        self._cycle()
+                        last_cycle, cycled_at = time.monotonic(), self.step
                     time.sleep(0.2)
                     continue
                 self.learner.train_step(next(it))
@@ -254,7 +260,7 @@ class LearnerRun:
                 if (self.step % cfg.cycle_every_steps == 0
                         or time.monotonic() - last_cycle >= cfg.cycle_every_seconds):
                     self._cycle()
-                    last_cycle = time.monotonic()
+                    last_cycle, cycled_at = time.monotonic(), self.step
             if self.rank == 0:
                 if self.stop_requested:
                     self._checkpoint_if_new()
