@@ -200,50 +200,60 @@ def stream_batches(batches: StoreBatches, workers: int, prefetch: int = 4,
 # -- the validation set (main process, rank 0) ----------------------------------------------------
 
 class ValidationSet:
-    """Every step (or, first_step_only, step 0) of the first `max_attempts` validation attempts
-    in store order, collated once.
+    """Every step (or, first_step_only, step 0) of `max_attempts` validation attempts, collated.
 
-    Store order only grows, so the set grows until the cap and then stays fixed: the candidate
-    and the policy in service are always compared on the same examples.
+    newest=False: the first `max_attempts` held-out attempts in store order. Store order only
+    grows, so the set grows until the cap and then stays fixed.
+    newest=True: the newest `max_attempts` held-out attempts, a window that moves with the
+    fleet. Why: the fleet's data drift with the policy that collects them; a fixed early set
+    holds only the first policies' grasps, and a candidate that has learned from the newest
+    policy's mistakes can score worse there than the version in service (learning run 5 kept
+    its v3 in service that way). Either way the candidate and the policy in service are
+    compared on the same examples at each cycle.
     """
 
     def __init__(self, reader: StoreReader, collate: Collate, val_fraction: float,
-                 max_attempts: int, batch_size: int, first_step_only: bool = False) -> None:
+                 max_attempts: int, batch_size: int, first_step_only: bool = False,
+                 newest: bool = False) -> None:
         self.reader = reader
         self.collate = collate
         self.val_fraction = val_fraction
         self.max_attempts = max_attempts
         self.batch_size = batch_size
         self.first_step_only = first_step_only
+        self.newest = newest
         self.attempt_ids: list[str] = []
-        self._pending: list[StepSample] = []
+        self._samples: dict[str, list[StepSample]] = {}
         self._batches: list[dict[str, torch.Tensor]] = []
         self.examples = 0
 
-    def update(self) -> int:
-        """Add validation attempts stored since the last call (reader already refreshed)."""
-        if len(self.attempt_ids) >= self.max_attempts:
-            return 0
+    def _held_out(self) -> list[str]:
+        """Labelled held-out attempts with steps, in store order."""
         t = self.reader.attempts()
-        known = set(self.attempt_ids)
-        added = 0
-        for aid, label, n in zip(t["attempt_id"].to_pylist(), t["label"].to_pylist(),
-                                 t["num_steps"].to_pylist()):
-            if len(self.attempt_ids) >= self.max_attempts:
-                break
-            if label is None or n == 0 or aid in known or not is_validation(aid,
-                                                                            self.val_fraction):
-                continue
+        return [aid for aid, label, n in zip(t["attempt_id"].to_pylist(), t["label"].to_pylist(),
+                                             t["num_steps"].to_pylist())
+                if label is not None and n > 0 and is_validation(aid, self.val_fraction)]
+
+    def update(self) -> int:
+        """Take in validation attempts stored since the last call (reader already refreshed);
+        returns how many were added."""
+        if not self.newest and len(self.attempt_ids) >= self.max_attempts:
+            return 0
+        held = self._held_out()
+        chosen = held[-self.max_attempts:] if self.newest else held[:self.max_attempts]
+        if chosen == self.attempt_ids:
+            return 0
+        added = [aid for aid in chosen if aid not in self._samples]
+        for aid in added:
             samples = samples_of_attempt(self.reader.read_attempt(aid))
-            self._pending.extend(samples[:1] if self.first_step_only else samples)
-            self.attempt_ids.append(aid)
-            added += 1
-        while self._pending:
-            chunk, self._pending = (self._pending[:self.batch_size],
-                                    self._pending[self.batch_size:])
-            self._batches.append(self.collate(chunk))
-            self.examples += len(chunk)
-        return added
+            self._samples[aid] = samples[:1] if self.first_step_only else samples
+        self._samples = {aid: self._samples[aid] for aid in chosen}
+        self.attempt_ids = chosen
+        pending = [s for aid in chosen for s in self._samples[aid]]
+        self._batches = [self.collate(pending[i:i + self.batch_size])
+                         for i in range(0, len(pending), self.batch_size)]
+        self.examples = len(pending)
+        return len(added)
 
     def batches(self) -> list[dict[str, torch.Tensor]]:
         return list(self._batches)

@@ -56,7 +56,8 @@ class LearnerConfig:
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto"
     image_size: int = 64  # network input side, px (must match the robots' camera setting)
     val_fraction: float = 0.1  # share of attempts (by a hash of their id) held out
-    val_max_attempts: int = 200  # validation set: the first this many held-out attempts
+    val_max_attempts: int = 200  # validation set: this many held-out attempts ...
+    val_newest: bool = True  # ... the newest (a window moving with the fleet), else the first
     recent_weight: float = 0.0  # >0 favours newer attempts (see StoreReader.sample_steps)
     positive_weight: float = 1.0  # BCE weight of successes (>1 skews p up: CEM then closes early)
     augment_shift: int = 4  # random image shift, px (against memorising scenes)

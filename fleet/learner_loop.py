@@ -82,6 +82,7 @@ class LearnerRun:
         #: (when, labelled training attempts) last counted for the replay-ratio cap
         self._attempts_counted: tuple[float, int] = (-math.inf, 0)
         self._waiting_since: Optional[float] = None
+        self._wait_logged = -math.inf
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ class LearnerRun:
         assert self.reader is not None
         self.valset = ValidationSet(self.reader, self.learner.collate, self.cfg.val_fraction,
                                     self.cfg.val_max_attempts, self.cfg.batch_size,
-                                    first_step_only(self.learner))
+                                    first_step_only(self.learner), self.cfg.val_newest)
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             logdir = self.cfg.logdir or self.cfg.out / "tensorboard"
@@ -216,9 +217,12 @@ class LearnerRun:
         over = trained >= ratio * self._attempts_counted[1]
         if over and self._waiting_since is None:
             self._waiting_since = now
-            log.info("rank %d: step %d: %d samples drawn for %d training attempts (cap %g "
-                     "per attempt): waiting for the fleet", self.rank, self.step, trained,
-                     self._attempts_counted[1], ratio)
+            # beside a running fleet this happens every few seconds: say it once a minute
+            if now - self._wait_logged >= 60.0:
+                self._wait_logged = now
+                log.info("rank %d: step %d: %d samples drawn for %d training attempts (cap %g "
+                         "per attempt): waiting for the fleet", self.rank, self.step, trained,
+                         self._attempts_counted[1], ratio)
         return over
 
     def _train(self) -> None:

@@ -229,7 +229,8 @@ def test_replay_ratio_cap_waits_for_the_fleet_then_trains_on_and_stops_on_sigter
         proc = subprocess.Popen(
             [PYTHON, "-m", "fleet.learner", "--data", str(root), "--out", str(out),
              "--batch-size", str(batch), "--samples-per-attempt", str(ratio),
-             "--min-attempts", "30", "--cycle-every-steps", "1000", "--poll-seconds", "0.2",
+             "--min-attempts", "30", "--cycle-every-steps", "1000",
+             "--cycle-every-seconds", "1", "--poll-seconds", "0.2",
              "--refresh-seconds", "0.5", "--no-tensorboard", "--no-progress"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: list[str] = []
@@ -246,8 +247,11 @@ def test_replay_ratio_cap_waits_for_the_fleet_then_trains_on_and_stops_on_sigter
                  f"training attempts")
         append_attempts(store, 40, seed=2)
         second = training_attempts(80)
-        wait_for(f"{math.ceil(ratio * second / batch) * batch} samples drawn for {second} "
-                 f"training attempts")
+        # it trains on to the new cap; the cycle it runs while waiting checkpoints that step
+        deadline = time.monotonic() + 90
+        while (load_checkpoint(out) or {}).get("step") != math.ceil(ratio * second / batch):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
         time.sleep(1.0)  # it stays put while no data comes
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -294,3 +298,87 @@ def test_eval_and_runtime_know_the_kind_of_each_architecture(tmp_path):
     assert policy_kind("grasp_success_cnn") == "cem"
     with pytest.raises(ValueError, match="no servo policy"):
         policy_kind("qt_opt_q")
+
+
+class _Landscape:
+    """A known score landscape over (x, y, yaw) in place of the network (same interface as
+    GraspPointScorer): a tall, needle-thin peak and a slightly lower broad hill."""
+
+    needle, hill = np.array([0.45, -0.10]), np.array([0.62, 0.08])
+
+    def prepare(self, image):
+        def score(grasps: np.ndarray) -> np.ndarray:
+            xy = np.asarray(grasps)[:, :2]
+            spike = 0.95 * np.exp(-np.sum((xy - self.needle) ** 2, 1) / (2 * 0.001 ** 2))
+            broad = 0.85 * np.exp(-np.sum((xy - self.hill) ** 2, 1) / (2 * 0.03 ** 2))
+            return np.maximum(spike, broad)
+        return score
+
+
+def test_cem_finds_a_peak_and_the_robust_choice_prefers_the_broad_one():
+    from fleet.grasp_point_policy import GraspPointPolicyConfig
+
+    policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(robust_samples=8))
+    policy.scorer = _Landscape()
+    image = np.zeros((64, 64, 3), np.uint8)
+    for seed in range(4):  # CEM climbs the broad hill from the workspace centre
+        policy.reset(np.random.default_rng(seed))
+        grasp, p = policy.choose_grasp(image, WS_LO, WS_HI)
+        assert np.linalg.norm(grasp[:2] - _Landscape.hill) < 0.01 and p > 0.8
+    # given both peaks as candidates, the best single score is the needle's; the robust
+    # choice (mean over +-5 mm perturbations) takes the hill
+    score = _Landscape().prepare(image)
+    candidates = np.array([[*_Landscape.needle, 0.0], [*_Landscape.hill, 0.3]])
+    scores = score(candidates)
+    assert scores[0] > scores[1]
+    best, mean = policy._robust_choice(score, candidates, scores, WS_LO, WS_HI)
+    np.testing.assert_allclose(best, candidates[1])
+    assert 0.7 < mean < scores[1]
+
+
+def test_explore_top_draws_among_the_best_samples():
+    from fleet.grasp_point_policy import GraspPointPolicyConfig
+
+    policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(explore_top=1.0))
+    policy.scorer = _Landscape()
+    picks = set()
+    for seed in range(8):
+        policy.reset(np.random.default_rng(seed))
+        grasp, p = policy.choose_grasp(np.zeros((64, 64, 3), np.uint8), WS_LO, WS_HI)
+        assert p > 0.5  # one of the top samples, never a poor one
+        picks.add(tuple(np.round(grasp, 4)))
+    assert len(picks) == 8  # and not always the same
+
+
+def test_validation_window_moves_with_the_fleet_or_stays_first(tmp_path):
+    from fleet.dataset import ValidationSet, is_validation
+
+    store = Store(StoreConfig(root=tmp_path, min_free_bytes=0, shard_max_seconds=0.2,
+                              roll_interval=0.05))
+    try:
+        append_attempts(store, 120, seed=4)
+        deadline = time.monotonic() + 20
+        reader = StoreReader(tmp_path)
+        while reader.num_attempts() < 120:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+            reader.refresh()
+        collate = GraspPointCollate(64, 64)
+        newest = ValidationSet(reader, collate, 0.2, 8, 4, first_step_only=True, newest=True)
+        first = ValidationSet(reader, collate, 0.2, 8, 4, first_step_only=True)
+        held = lambda: [a for a in reader.attempts()["attempt_id"].to_pylist()  # noqa: E731
+                        if is_validation(a, 0.2)]
+        assert newest.update() == 8 and first.update() == 8
+        assert newest.attempt_ids == held()[-8:] and first.attempt_ids == held()[:8]
+        assert newest.examples == 8 and sum(len(b["label"]) for b in newest.batches()) == 8
+        append_attempts(store, 120, seed=5)
+        while reader.num_attempts() < 240:
+            assert time.monotonic() < deadline + 20
+            time.sleep(0.1)
+            reader.refresh()
+        assert newest.update() == 8 and newest.attempt_ids == held()[-8:]
+        assert first.update() == 0 and first.attempt_ids == held()[:8]
+        assert newest.update() == 0  # nothing new: nothing re-read
+        reader.close()
+    finally:
+        store.close()
