@@ -1,8 +1,10 @@
 """The learner: trains the shared grasp network on the fleet's data and publishes policies.
 
-Levine et al. 2016, supervised: every step t of every stored, labelled attempt is an example
-(I_t, v = p_T - p_t, label), trained with binary cross-entropy on g(I_t, v)'s logit. It runs
-beside the fleet, forever or for --steps: worker processes sample the store (picking up new
+Two methods (`--method`): "grasp_point" (the default, fleet/grasp_point_learner.py: one example
+per attempt, the pre-grasp image and where the gripper closed) and "levine" (this file's
+`LevineLearner`, Levine et al. 2016, supervised: every step t of every stored, labelled attempt
+is an example (I_t, v = p_T - p_t, label), trained with binary cross-entropy on g(I_t, v)'s
+logit). Either runs beside the fleet, forever or for --steps: worker processes sample the store (picking up new
 attempts as they are rolled into shards) and decode the JPEGs; every `cycle_every_steps` steps
 or `cycle_every_seconds` seconds rank 0 validates, checkpoints, and publishes policy v<N+1>
 unless it is worse on validation than the policy in service. docs/learner.md has the details.
