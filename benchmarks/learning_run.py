@@ -67,6 +67,7 @@ class RunConfig:
     learner_cycle_steps: int = 400
     learner_method: str = "grasp_point"
     learner_samples_per_attempt: float = 32.0
+    exploration_policy: str = ""  # robot_node exploration_policy; "": config/robot_node.yaml's
     target_success: float = 0.8
     target_attempts: int = 20000
     target_hours: float = 2.0
@@ -194,7 +195,8 @@ def collect(cfg: RunConfig) -> tuple[list[Point], Clock, dict[str, int]]:
                            learner_cycle_s=cfg.learner_cycle_s,
                            learner_cycle_steps=cfg.learner_cycle_steps,
                            learner_method=cfg.learner_method,
-                           learner_samples_per_attempt=cfg.learner_samples_per_attempt)
+                           learner_samples_per_attempt=cfg.learner_samples_per_attempt,
+                           exploration_policy=cfg.exploration_policy or None)
     sup = Supervisor(children(fleet), SupervisorConfig(log_dir=cfg.data_dir / "logs"))
     clock, points, attempts = Clock(), [], 0
     next_attempts, next_s = cfg.checkpoint_attempts, cfg.checkpoint_minutes * 60
@@ -381,7 +383,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "checkpoint_minutes", "eval_attempts", "baseline_attempts", "eval_arms",
               "eval_timeout_s", "seed", "ros_domain_id", "eval_ros_domain_id", "port",
               "metrics_port", "learner_min_attempts", "learner_cycle_s", "learner_cycle_steps",
-              "learner_method", "learner_samples_per_attempt"):
+              "learner_method", "learner_samples_per_attempt", "exploration_policy"):
         flag = "--data" if f == "data_dir" else "--" + f.replace("_", "-")
         p.add_argument(flag, dest=f, type=type(getattr(d, f)), default=None,
                        help=f"default {getattr(d, f)}")

@@ -25,10 +25,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+import numpy as np
 
 from fleet.bundle import META_FILE, BundleError, load_bundle
-from fleet.plan import CONFIG_DIR, fleet_image_size, load_arms, node_plan
+from fleet.grasp_point import GraspPointConfig
+from fleet.plan import CAMERA_KEYS, CONFIG_DIR, fleet_camera, fleet_image_size, load_arms, node_plan
 from fleet.policy_factory import policy_kind
 from fleet.attempt_file import AttemptFileError, unpack_frames
 from fleet.records import Attempt, RecordError, decode
@@ -231,10 +234,13 @@ def summarise(run: PolicyRun, attempts: list[Attempt], wanted: int, stopped_by: 
 # ------------------------------------------------------------------------------- policies
 
 
-def expand_policies(paths: list[Path], image_size: int) -> list[PolicyRun]:
+def expand_policies(paths: list[Path], image_size: int,
+                    camera: Optional[dict[str, Any]] = None) -> list[PolicyRun]:
     """Bundle paths -> one run per bundle; a directory of versions (v<N>/ holding policy.json,
     e.g. a learner's <out>/policies) gives one run per version, oldest first. Each bundle is
-    loaded here once so a broken one fails before any process starts."""
+    loaded here once so a broken one fails before any process starts. `camera` (camera_eye,
+    camera_target, camera_fov_deg of the arms it will run on): a bundle whose network samples
+    through another camera model is refused (it would look at the wrong pixels)."""
     runs = []
     for path in paths:
         path = Path(path).expanduser()
@@ -254,6 +260,9 @@ def expand_policies(paths: list[Path], image_size: int) -> list[PolicyRun]:
                 _, meta = load_bundle(d, {"image_height": image_size, "image_width": image_size})
             except BundleError as exc:
                 raise EvalError(f"--policy {d}: {exc}") from None
+            if camera and (wrong := camera_mismatch(meta.config, camera)):
+                raise EvalError(f"--policy {d}: trained for another camera ({wrong}); evaluate "
+                                f"it with an arms file (--arms-config) giving that camera")
             found.append((meta, d))
         for meta, d in sorted(found, key=lambda md: (md[0].version, str(md[1]))):
             runs.append(PolicyRun(name=f"v{meta.version}", kind=policy_kind(meta.architecture),
@@ -265,6 +274,21 @@ def expand_policies(paths: list[Path], image_size: int) -> list[PolicyRun]:
         if names.count(run.name) > 1:
             run.name = f"{run.name}:{run.bundle.name if run.bundle else i}"
     return runs
+
+
+def camera_mismatch(network: dict[str, Any], camera: dict[str, Any]) -> str:
+    """'' when a network config's camera model (if it has one) is this camera, else what differs."""
+    wrong = [f"{key} {network[key]} here {value}" for key, value in camera.items()
+             if key in network and not np.allclose(network[key], value, atol=1e-6)]
+    return ", ".join(wrong)
+
+
+def fleet_camera_model(arms_config: Path) -> dict[str, Any]:
+    """The camera the plan's arms render with: GraspPointConfig's defaults (which the simulator
+    shares) overridden by config/arms.yaml's camera_* settings."""
+    defaults = GraspPointConfig()
+    model = {key: getattr(defaults, key) for key in CAMERA_KEYS}
+    return {**model, **fleet_camera(load_arms(arms_config, count=1, sim=True))}
 
 
 def baseline_runs(names: tuple[str, ...]) -> list[PolicyRun]:
@@ -354,7 +378,8 @@ def evaluate(cfg: EvalConfig, should_stop: Callable[[], bool] = lambda: False,
     from fleet.report_plot import plot_report
 
     cfg.validate()
-    runs = baseline_runs(cfg.baselines) + expand_policies(cfg.policies, cfg.image_size)
+    runs = baseline_runs(cfg.baselines) + expand_policies(
+        cfg.policies, cfg.image_size, fleet_camera_model(cfg.arms_config))
     cfg.out.mkdir(parents=True, exist_ok=True)
     results: list[PolicyResult] = []
     for run in runs:

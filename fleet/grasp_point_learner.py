@@ -66,7 +66,7 @@ class GraspPointLearner(SupervisedLearner):
                  device: torch.device, options: Optional[TrainingOptions] = None) -> None:
         self.options = options or TrainingOptions()
         super().__init__(GraspPointNet(network), lr, weight_decay, device,
-                         self.options.positive_weight)
+                         self.options.positive_weight, self.options.ema_decay)
         self.collate = GraspPointCollate(network.image_height, network.image_width)
 
     def forward_batch(self, model: nn.Module, batch: Batch,

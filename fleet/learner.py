@@ -28,6 +28,7 @@ from torch import nn
 
 from fleet.bundle import BundleMeta
 from fleet.dataset import decode_rgb, grasp_motions
+from fleet.grasp_point import GraspPointConfig
 from fleet.learner_api import Batch, Learner, PublishFn
 from fleet.network import GraspSuccessNet, NetworkConfig, encode_motions
 from fleet.store_reader import StepSample
@@ -57,6 +58,11 @@ class LearnerConfig:
     threads: int = 1  # torch intra-op threads of the training process
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto"
     image_size: int = 64  # network input side, px (must match the robots' camera setting)
+    # The camera model the grasp-point network samples I_0 through (arms.yaml camera_*): a
+    # look-at pinhole in base_link, m, and its vertical field of view, deg.
+    camera_eye: tuple[float, float, float] = GraspPointConfig.camera_eye  # camera position
+    camera_target: tuple[float, float, float] = GraspPointConfig.camera_target  # looked-at point
+    camera_fov_deg: float = GraspPointConfig.camera_fov_deg  # vertical field of view, deg
     val_fraction: float = 0.1  # share of attempts (by a hash of their id) held out
     val_max_attempts: int = 200  # validation set: this many held-out attempts ...
     val_newest: bool = True  # ... the newest (a window moving with the fleet), else the first
@@ -64,6 +70,7 @@ class LearnerConfig:
     positive_weight: float = 1.0  # BCE weight of successes (>1 skews p up: CEM then closes early)
     augment_shift: int = 4  # random image shift, px (against memorising scenes)
     augment_colour: float = 0.2  # random brightness/contrast change, fraction
+    ema_decay: float = 0.995  # >0: validate and publish a moving average of the weights; 0: off
     min_attempts: int = 50  # labelled attempts stored before the first training step
     # Replay ratio: the learner waits for more data once it has trained on this many samples
     # per labelled attempt stored (beyond it a small store is memorised); 0: no cap.
@@ -102,7 +109,8 @@ class LearnerConfig:
             raise ValueError(f"frame_cache_mb must be >= 0 (0: off), got {self.frame_cache_mb}")
 
     def training_options(self) -> "TrainingOptions":
-        return TrainingOptions(self.positive_weight, self.augment_shift, self.augment_colour)
+        return TrainingOptions(self.positive_weight, self.augment_shift, self.augment_colour,
+                               self.ema_decay)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -124,10 +132,17 @@ class TrainingOptions:
     augment_shift: int = 0
     #: Random brightness/contrast change of each training image by up to this fraction.
     augment_colour: float = 0.0
+    #: Polyak averaging: > 0 keeps an exponential moving average of the weights (this decay per
+    #: step) and validates and publishes it instead of the latest weights. With a constant
+    #: learning rate the latest weights wander with the last few hundred batches; the average
+    #: is a better and steadier policy (successive versions differ less by chance).
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.positive_weight <= 0 or self.augment_shift < 0 or self.augment_colour < 0:
             raise ValueError("positive_weight must be > 0, augment_shift and augment_colour >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 def augment(images: torch.Tensor, options: TrainingOptions,
@@ -176,7 +191,7 @@ class LevineLearner(SupervisedLearner):
                  device: torch.device, options: Optional[TrainingOptions] = None) -> None:
         self.options = options or TrainingOptions()
         super().__init__(GraspSuccessNet(network), lr, weight_decay, device,
-                         self.options.positive_weight)
+                         self.options.positive_weight, self.options.ema_decay)
         self.collate = LevineCollate(network.image_height, network.image_width,
                                      network.motion_scale)
 

@@ -46,7 +46,11 @@ def make_learner(config: LearnerConfig, device: torch.device) -> Learner:
     if config.method == "levine":
         return LevineLearner(NetworkConfig(image_height=size, image_width=size), config.lr,
                              config.weight_decay, device, config.training_options())
-    return GraspPointLearner(GraspPointConfig(image_height=size, image_width=size), config.lr,
+    network = GraspPointConfig(image_height=size, image_width=size,
+                              camera_eye=tuple(config.camera_eye),
+                              camera_target=tuple(config.camera_target),
+                              camera_fov_deg=config.camera_fov_deg)
+    return GraspPointLearner(network, config.lr,
                              config.weight_decay, device, config.training_options())
 
 
@@ -430,8 +434,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
         args = typing.get_args(typ)
-        base = next((a for a in args if a is not type(None)), typ) if args else typ
         text = comments.get(f.name, "")
+        if typing.get_origin(typ) is tuple:  # a fixed-length vector: --flag X Y Z
+            parser.add_argument(flag, type=args[0], nargs=len(args), default=f.default,
+                                metavar=tuple("XYZ"[:len(args)]) if len(args) <= 3 else None,
+                                help=f"{text} (default {' '.join(map(str, f.default))})")
+            continue
+        base = next((a for a in args if a is not type(None)), typ) if args else typ
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=text)

@@ -33,6 +33,33 @@ class ArmSpec:
     num_objects: int = 5
     split: str = "train"
     seed: int = 0
+    #: The camera as a look-at pinhole in base_link (m; image up = +z) and its vertical field of
+    #: view: what the simulated arm renders with, and the camera model the grasp-point network
+    #: samples I_0 through (a real arm writes its calibration here). None: the defaults
+    #: (sim_bridge SimConfig and fleet.grasp_point GraspPointConfig agree on them).
+    camera_eye: Optional[list[float]] = None
+    camera_target: Optional[list[float]] = None
+    camera_fov_deg: Optional[float] = None
+
+    def camera(self) -> dict[str, Any]:
+        """The camera settings this arm sets (keys of SimConfig / GraspPointConfig)."""
+        out: dict[str, Any] = {}
+        for key in CAMERA_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if key == "camera_fov_deg":
+                out[key] = float(value)
+            elif not (isinstance(value, (list, tuple)) and len(value) == 3):
+                raise PlanError(f"arm {self.name}: {key} must be [x, y, z] in metres, got "
+                                f"{value!r}")
+            else:
+                out[key] = [float(v) for v in value]
+        return out
+
+
+#: The camera settings an arm may give (ArmSpec fields, sim_arm parameters, learner flags).
+CAMERA_KEYS = ("camera_eye", "camera_target", "camera_fov_deg")
 
 
 @dataclass
@@ -129,7 +156,7 @@ def node_plan(arms: list[ArmSpec], config_dir: Path = CONFIG_DIR,
                 params_files=_existing([config_dir / "sim_arm.yaml"]),
                 parameters={"image_width": arm.image_size, "image_height": arm.image_size,
                             "num_objects": arm.num_objects, "split": arm.split,
-                            "seed": arm.seed},
+                            "seed": arm.seed, **arm.camera()},
                 remappings=clock))
         # the policy's input size is the camera's: one setting (arms.yaml image_size) for both
         robot_params: dict[str, Any] = {"arm_id": arm.name, "use_sim_time": arm.sim,
@@ -151,6 +178,26 @@ def fleet_image_size(arms: list[ArmSpec]) -> int:
         raise PlanError(f"arms have image sizes {sizes}: one fleet trains one network, so every "
                         f"arm's image_size must be the same")
     return sizes[0]
+
+
+def fleet_camera(arms: list[ArmSpec]) -> dict[str, Any]:
+    """The one camera model of a fleet (the settings its arms give): one network samples every
+    arm's I_0 through it, so they must agree."""
+    cameras = {repr(sorted(a.camera().items())): a.camera() for a in arms}
+    if len(cameras) != 1:
+        raise PlanError(f"arms give different cameras {list(cameras.values())}: one fleet trains "
+                        f"one grasp-point network on one camera model, so every arm's "
+                        f"camera_eye, camera_target and camera_fov_deg must be the same")
+    return next(iter(cameras.values()))
+
+
+def camera_flags(camera: dict[str, Any]) -> list[str]:
+    """`fleet learn` flags for a fleet_camera() dict (--camera-eye X Y Z ...)."""
+    argv: list[str] = []
+    for key, value in camera.items():
+        argv.append("--" + key.replace("_", "-"))
+        argv += [repr(float(v)) for v in value] if isinstance(value, list) else [repr(value)]
+    return argv
 
 
 def _existing(paths: list[Path]) -> list[Path]:

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from fleet.plan import CONFIG_DIR, fleet_image_size, load_arms, node_plan
+from fleet.plan import (CONFIG_DIR, camera_flags, fleet_camera, fleet_image_size, load_arms,
+                        node_plan)
 from fleet.supervisor import ChildSpec, Supervisor, SupervisorConfig
 
 log = logging.getLogger("fleet.sim")
@@ -48,6 +49,20 @@ class SimFleetConfig:
     learner_cycle_steps: int = 400  # ... or after this many training steps
     learner_method: str = "grasp_point"  # fleet.learner --method
     learner_samples_per_attempt: float = 32.0  # fleet.learner --samples-per-attempt (0: no cap)
+    # robot_node exploration_policy; None: the method's (METHOD_EXPLORATION)
+    exploration_policy: Optional[str] = None
+
+    def robot_exploration(self) -> Optional[str]:
+        """The exploration policy the robots run (None: config/robot_node.yaml's)."""
+        return self.exploration_policy or METHOD_EXPLORATION.get(self.learner_method)
+
+
+#: Each learning method's exploration in a simulated fleet. grasp_point: aimed at colourful
+#: blobs of I_0 through the simulated camera's calibration (centred grasps across the narrow
+#: side are the ones a grasp-point network learns least from random ones: docs/RESULTS.md,
+#: run 7); levine: config/robot_node.yaml's random descent (networks trained on aimed data
+#: closed in the air).
+METHOD_EXPLORATION = {"grasp_point": "aimed_descent"}
 
 
 def default_arm_count() -> int:
@@ -95,7 +110,7 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
         out.append(ChildSpec(name="learner", env={"PYTHONUNBUFFERED": "1"}, argv=[
             python, "-m", "fleet.learner", "--data", str(store), "--out", str(learner),
             "--min-attempts", str(cfg.learner_min_attempts),
-            "--image-size", str(fleet_image_size(arms)),
+            "--image-size", str(fleet_image_size(arms)), *camera_flags(fleet_camera(arms)),
             "--cycle-every-seconds", str(cfg.learner_cycle_s),
             "--cycle-every-steps", str(cfg.learner_cycle_steps),
             "--method", cfg.learner_method,
@@ -116,6 +131,8 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
                 "server_public_key": str(keys / "server.key"),
                 "robot_secret_key": str(keys / "secrets" / f"{node.arm}.key_secret"),
             })
+            if exploration := cfg.robot_exploration():
+                node.parameters["exploration_policy"] = exploration
         out.append(ChildSpec(name=node.label, argv=node.argv(python), env=env))
     return out
 
@@ -171,6 +188,7 @@ def _cmd_sim(args) -> int:
                               learner_cycle_steps=args.learner_cycle_steps,
                               learner_method=args.learner_method,
                               learner_samples_per_attempt=args.learner_samples_per_attempt,
+                              exploration_policy=args.exploration_policy,
                               metrics_port=args.metrics_port or None,
                               dashboard_port=args.dashboard_port or None))
 
@@ -204,6 +222,10 @@ def add_sim(sub) -> None:
     p.add_argument("--learner-samples-per-attempt", type=float, default=32.0,
                    help="learner replay ratio: training samples per labelled attempt stored, "
                         "beyond which it waits for the fleet (0: no cap)")
+    p.add_argument("--exploration-policy", default=None,
+                   help="the robots' exploration policy: random_descent, aimed_descent, random "
+                        "or package.module:Class (default: aimed_descent for grasp_point, "
+                        "config/robot_node.yaml's for levine)")
     p.add_argument("--dashboard-port", type=int, default=8080,
                    help="web dashboard port on 127.0.0.1 (0: no dashboard)")
     p.set_defaults(func=_cmd_sim)

@@ -13,8 +13,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from fleet.learner_api import Batch, binary_metrics
+
+
+def _warm_ema(decay: float):
+    """Exponential moving average whose decay ramps up as (1 + n) / (10 + n) to `decay` over
+    the first updates n, so the average of a young learner is not mostly its random start
+    (the first policy is published after a few hundred steps)."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        for a, c in zip(averaged, current):
+            a.lerp_(c, weight)
+
+    return update
 
 
 class SupervisedLearner(abc.ABC):
@@ -25,13 +41,16 @@ class SupervisedLearner(abc.ABC):
     first_step_only = False
 
     def __init__(self, net: nn.Module, lr: float, weight_decay: float, device: torch.device,
-                 positive_weight: float = 1.0) -> None:
+                 positive_weight: float = 1.0, ema_decay: float = 0.0) -> None:
         self.device = device
         self.net = net.to(device)
         self.model: nn.Module = self.net
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr,
                                           weight_decay=weight_decay)
         self.positive_weight = positive_weight
+        #: The moving average of the weights that is validated and published (ema_decay > 0).
+        self.ema: Optional[AveragedModel] = None if ema_decay <= 0 else AveragedModel(
+            self.net, multi_avg_fn=_warm_ema(ema_decay))
         self._window: list[tuple[torch.Tensor, torch.Tensor, float]] = []
         #: Training steps taken: seeds each step's augmentation, so a learner resumed from a
         #: checkpoint augments exactly as an uninterrupted one would.
@@ -56,6 +75,8 @@ class SupervisedLearner(abc.ABC):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
         value = float(loss.detach())
         self._window.append((logits.detach().cpu(), label.cpu(), value))
         return {"loss": value}
@@ -72,7 +93,7 @@ class SupervisedLearner(abc.ABC):
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch],
                  model: Optional[nn.Module] = None) -> dict[str, float]:
-        model = (model or self.net).to(self.device)
+        model = (model or self.network()).to(self.device)
         was_training = model.training
         model.eval()
         total, logits_all, labels_all = 0.0, [], []
@@ -88,17 +109,27 @@ class SupervisedLearner(abc.ABC):
         return binary_metrics(logits, labels, total / len(labels))
 
     def network(self) -> nn.Module:
-        return self.net
+        """What is validated and published: the weight average if kept, else the weights."""
+        return self.net if self.ema is None else self.ema.module
 
     def wrap_distributed(self) -> None:
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"network": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "steps_taken": self.steps_taken}
+        state = {"network": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "steps_taken": self.steps_taken}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["network"])
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:  # a checkpoint from before averaging was on: start the average here
+                self.ema.module.load_state_dict(state["network"])
+                self.ema.n_averaged.fill_(1)
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps_taken = int(state.get("steps_taken", 0))

@@ -18,7 +18,8 @@ from typing import Callable, Optional
 import torch
 
 from fleet.bundle import META_FILE, WEIGHTS_FILE, BundleError, BundleMeta, load_bundle
-from fleet.exploration import DescentConfig, MixedPolicy, RandomDescentPolicy, RandomPolicy
+from fleet.exploration import (AimedDescentPolicy, DescentConfig, MixedPolicy, RandomDescentPolicy,
+                               RandomPolicy)
 from fleet.policy import Policy, StepLimits
 from fleet.policy_factory import ServoSettings, policy_for
 from robot_node.params import ConfigError, NodeConfig
@@ -37,6 +38,9 @@ def bundle_dir_name(version: int) -> str:
 EXPLORATION_POLICIES: dict[str, Callable[[StepLimits], Policy]] = {
     "random": lambda limits: RandomPolicy(limits),
     "random_descent": lambda limits: RandomDescentPolicy(DescentConfig(limits=limits)),
+    # aims at a colourful blob of I_0 (the default camera's calibration), centred, fingers
+    # across its narrow side: a scripted grasp that needs no privileged knowledge
+    "aimed_descent": lambda limits: AimedDescentPolicy(DescentConfig(limits=limits)),
 }
 
 

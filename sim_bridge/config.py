@@ -83,6 +83,8 @@ class SimConfig:
         """Raise ValueError naming the first setting that cannot work."""
         if not (1 <= self.image_width <= 472 and 1 <= self.image_height <= 472):
             raise ValueError(f"image size {self.image_width}x{self.image_height}: each side must be 1..472")
+        if not 1.0 < self.camera_fov_deg < 179.0:
+            raise ValueError(f"camera_fov_deg must be in (1, 179), got {self.camera_fov_deg}")
         if self.split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
         if self.num_objects < 0:

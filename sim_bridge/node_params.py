@@ -40,6 +40,9 @@ SIM_PARAMETERS = {
                       "object lifted",
     "settle_max_time": "upper bound on the simulated time dropped objects settle after a "
                        "reset [s]",
+    "camera_eye": "camera position [x, y, z] in base_link [m]",
+    "camera_target": "point [x, y, z] in base_link the camera looks at [m] (image up = +z)",
+    "camera_fov_deg": "camera vertical field of view [deg]",
 }
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
@@ -86,7 +89,8 @@ def declare_settings(node: Node) -> NodeSettings:
         value = _declare(node, name, default, description)
         values[name] = tuple(value) if isinstance(default, tuple) else value
     sim = dataclasses.replace(defaults, **values)
-    for corner in ("workspace_min", "workspace_max", "home_position"):
+    for corner in ("workspace_min", "workspace_max", "home_position", "camera_eye",
+                   "camera_target"):
         if len(getattr(sim, corner)) != 3:
             raise ValueError(f"parameter {corner!r} must have 3 values [x, y, z], "
                              f"got {list(getattr(sim, corner))}")

@@ -288,13 +288,73 @@ def test_publish_rule_counts_any_learned_kind(tmp_path):
     reader.close()
 
 
+def test_weight_average_is_what_is_validated_published_and_checkpointed(disc_store):
+    """ema_decay > 0: network() (what is validated and written into bundles) is the moving
+    average of the weights, a different module from the one Adam steps; a checkpoint restores
+    both, and an old checkpoint without the average starts it from its weights."""
+    from fleet.learner import TrainingOptions
+    from fleet.grasp_point_learner import GraspPointLearner
+
+    reader = StoreReader(disc_store)
+    collate = GraspPointCollate(64, 64)
+    batches = [collate(reader.sample_steps(16, np.random.default_rng(k), first_step_only=True))
+               for k in range(6)]
+    reader.close()
+
+    def learner(decay: float) -> GraspPointLearner:
+        torch.manual_seed(0)
+        return GraspPointLearner(CFG, 1e-2, 0.0, torch.device("cpu"),
+                                 TrainingOptions(ema_decay=decay))
+
+    plain, averaged = learner(0.0), learner(0.9)
+    assert plain.network() is plain.net and averaged.network() is not averaged.net
+    for b in batches:
+        plain.train_step(b)
+        averaged.train_step(b)
+    latest, mean = averaged.net.fc[-1].weight, averaged.network().fc[-1].weight
+    torch.testing.assert_close(latest, plain.net.fc[-1].weight)  # same training either way
+    assert not torch.allclose(latest, mean), "the average must lag the latest weights"
+    assert averaged.evaluate(batches[:2]) == averaged.evaluate(batches[:2], averaged.network())
+    resumed = learner(0.9)
+    resumed.load_state_dict(averaged.state_dict())
+    torch.testing.assert_close(resumed.network().fc[-1].weight, mean)
+    upgraded = learner(0.9)
+    upgraded.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(upgraded.network().fc[-1].weight, plain.net.fc[-1].weight)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainingOptions(ema_decay=1.0)
+
+
+def test_learner_flags_set_the_networks_camera_model():
+    """`fleet learn --camera-*` (what fleet sim passes from arms.yaml) reaches the network."""
+    import argparse
+
+    from fleet.learner_loop import add_arguments, config_from_args, make_learner
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", "d", "--out", "o", "--image-size", "64",
+                              "--camera-eye", "0.1", "-0.4", "0.8", "--camera-fov-deg", "31"])
+    learner = make_learner(config_from_args(args), torch.device("cpu"))
+    net = learner.net
+    assert net.config.camera_eye == (0.1, -0.4, 0.8) and net.config.camera_fov_deg == 31.0
+    assert net.config.camera_target == GraspPointConfig().camera_target
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "d", "--out", "o", "--camera-eye", "0.1", "0.2"])
+
+
 def test_eval_and_runtime_know_the_kind_of_each_architecture(tmp_path):
-    from fleet.evaluate import expand_policies
+    from fleet.evaluate import EvalError, expand_policies
 
     torch.manual_seed(0)
     save_bundle(tmp_path / "v4", GraspPointNet(CFG), version=4)
     (run_,) = expand_policies([tmp_path / "v4"], 64)
     assert run_.kind == "grasp_point" and run_.version == 4
+    camera = {"camera_eye": list(CFG.camera_eye), "camera_target": list(CFG.camera_target),
+              "camera_fov_deg": CFG.camera_fov_deg}
+    assert expand_policies([tmp_path / "v4"], 64, camera)  # its own camera: accepted
+    with pytest.raises(EvalError, match="trained for another camera.*camera_fov_deg"):
+        expand_policies([tmp_path / "v4"], 64, {**camera, "camera_fov_deg": 60.0})
     assert policy_kind("grasp_success_cnn") == "cem"
     with pytest.raises(ValueError, match="no servo policy"):
         policy_kind("qt_opt_q")

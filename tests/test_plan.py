@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.plan import CONFIG_DIR, PlanError, fleet_image_size, load_arms, node_plan
+from fleet.plan import (CONFIG_DIR, PlanError, camera_flags, fleet_camera, fleet_image_size,
+                        load_arms, node_plan)
 
 
 def test_default_config_plans_a_sim_arm_and_robot_node_per_arm() -> None:
@@ -31,6 +32,27 @@ def test_default_config_plans_a_sim_arm_and_robot_node_per_arm() -> None:
         fleet_image_size([arms[0], replace(arms[1], image_size=64)])
 
 
+def test_camera_setting_reaches_the_sim_arm_and_the_learner_flags(tmp_path: Path) -> None:
+    """One camera model per fleet: arms.yaml's camera_* go to every sim arm as parameters and
+    to the learner as flags (the grasp-point network samples I_0 through it)."""
+    path = tmp_path / "arms.yaml"
+    path.write_text("arms: {names: [a1, a2], defaults: {camera_fov_deg: 31, "
+                    "camera_eye: [0.1, -0.4, 0.8]}}")
+    arms = load_arms(path)
+    sim = node_plan(arms)[0].argv("python")
+    assert "camera_fov_deg:=31.0" in sim and "camera_eye:=[0.1,-0.4,0.8]" in sim
+    assert not any(a.startswith("camera_target") for a in sim), "unset: the node's default"
+    camera = fleet_camera(arms)
+    assert camera == {"camera_eye": [0.1, -0.4, 0.8], "camera_fov_deg": 31.0}
+    assert camera_flags(camera) == ["--camera-eye", "0.1", "-0.4", "0.8",
+                                    "--camera-fov-deg", "31.0"]
+    with pytest.raises(PlanError, match="same"):
+        fleet_camera([arms[0], replace(arms[1], camera_fov_deg=45.0)])
+    path.write_text("arms: {names: [a1], defaults: {camera_eye: [0.1, 0.2]}}")
+    with pytest.raises(PlanError, match=r"camera_eye must be \[x, y, z\]"):
+        node_plan(load_arms(path))
+
+
 def test_real_arms_have_no_sim_and_no_clock_remap() -> None:
     nodes = node_plan(load_arms(CONFIG_DIR / "arms.yaml", names=["left", "right"], sim=False))
     assert [n.label for n in nodes] == ["left/robot_node", "right/robot_node"]
@@ -53,3 +75,25 @@ def test_bad_config_is_explained(tmp_path: Path, text: str, message: str) -> Non
 def test_missing_config_names_the_default(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="no such arms file"):
         load_arms(tmp_path / "nope.yaml")
+
+
+def test_fleet_sim_gives_each_method_its_exploration_and_the_learner_the_camera(
+        tmp_path: Path) -> None:
+    """What `fleet sim` would start: grasp-point robots explore aimed at blobs, levine robots
+    keep robot_node.yaml's; an explicit --exploration-policy wins; the learner gets the
+    arms file's camera as flags."""
+    from fleet.sim_fleet import SimFleetConfig, children
+
+    arms = tmp_path / "arms.yaml"
+    arms.write_text("arms: {names: [arm1], defaults: {camera_fov_deg: 40}}")
+
+    def argv(name: str, **over) -> list[str]:
+        cfg = SimFleetConfig(arms=1, config=arms, data_dir=tmp_path / "run", **over)
+        return next(c.argv for c in children(cfg) if c.name == name)
+
+    assert "exploration_policy:='aimed_descent'" in argv("arm1/robot_node")
+    assert not any("exploration_policy" in a for a in argv("arm1/robot_node",
+                                                            learner_method="levine"))
+    assert "exploration_policy:='random'" in argv("arm1/robot_node", exploration_policy="random")
+    learner = argv("learner")
+    assert learner[learner.index("--camera-fov-deg") + 1] == "40.0"

@@ -64,6 +64,8 @@ def test_exploration_by_name_or_import_path():
     assert make_exploration("random").kind == "random"
     assert make_exploration("robot_test_policies:HugeMotions").kind == "huge"
     assert make_exploration("fleet.exploration:AimedDescentPolicy").kind == "scripted"
+    aimed = make_exploration("aimed_descent", 0.03)
+    assert type(aimed).__name__ == "AimedDescentPolicy" and aimed.config.limits.max_translation == 0.03
     with pytest.raises(ConfigError, match="exploration_policy"):
         make_exploration("teleport")
     with pytest.raises(ConfigError, match="cannot be imported"):

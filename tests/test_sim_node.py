@@ -32,6 +32,7 @@ from sim_bridge.objects import is_test_object
 NS = "/arm1"
 PARAMS_FILE = REPO_ROOT / "config" / "sim_arm.yaml"
 WIDTH, HEIGHT = 48, 40  # not the default: proves the parameters reach the camera
+FOV_DEG = 37.0  # likewise (camera_info's focal length follows it)
 CFG = SimConfig()
 LO, HI = np.array(CFG.workspace_min), np.array(CFG.workspace_max)
 POSITION_TOLERANCE = 0.01  # m: commanded vs read-back tool point
@@ -115,7 +116,8 @@ def assert_inside_workspace(pose: PoseStamped) -> None:
 def sim_process(ros_module_processes: ProcessGroup):
     proc = ros_module_processes.start_node(
         "sim_bridge.node", "sim_arm", namespace=NS, params_file=PARAMS_FILE,
-        params={"image_width": WIDTH, "image_height": HEIGHT, "num_objects": 1, "seed": 7},
+        params={"image_width": WIDTH, "image_height": HEIGHT, "num_objects": 1, "seed": 7,
+                "camera_fov_deg": FOV_DEG},
         remaps={"/clock": f"{NS}/clock"})
     yield proc
     result = proc.stop()
@@ -143,7 +145,8 @@ def test_publishes_images_camera_info_and_joint_states(sim: SimClient) -> None:
     info = sim.infos.wait(TIMEOUT, lambda i: i.header.stamp == image.header.stamp,
                           "camera_info with the image's stamp")
     assert (info.width, info.height, info.distortion_model) == (WIDTH, HEIGHT, "plumb_bob")
-    assert info.k[0] > 0 and info.k[8] == 1.0
+    assert info.k[4] == pytest.approx(HEIGHT / (2 * math.tan(math.radians(FOV_DEG) / 2)))
+    assert info.k[0] == info.k[4] and info.k[8] == 1.0
     joints = sim.joints.wait(TIMEOUT, what="joint states")
     assert list(joints.name) == [f"panda_joint{i}" for i in range(1, 8)] + \
         ["panda_finger_joint1", "panda_finger_joint2"]
