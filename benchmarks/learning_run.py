@@ -67,6 +67,7 @@ class RunConfig:
     learner_cycle_steps: int = 400
     learner_method: str = "grasp_point"
     learner_samples_per_attempt: float = 32.0
+    learner_ema_decay: float = 0.0  # learner --ema-decay (run 7: 0.995)
     exploration_policy: str = ""  # robot_node exploration_policy; "": config/robot_node.yaml's
     target_success: float = 0.8
     target_attempts: int = 20000
@@ -196,6 +197,7 @@ def collect(cfg: RunConfig) -> tuple[list[Point], Clock, dict[str, int]]:
                            learner_cycle_steps=cfg.learner_cycle_steps,
                            learner_method=cfg.learner_method,
                            learner_samples_per_attempt=cfg.learner_samples_per_attempt,
+                           learner_ema_decay=cfg.learner_ema_decay,
                            exploration_policy=cfg.exploration_policy or None)
     sup = Supervisor(children(fleet), SupervisorConfig(log_dir=cfg.data_dir / "logs"))
     clock, points, attempts = Clock(), [], 0
@@ -383,7 +385,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               "checkpoint_minutes", "eval_attempts", "baseline_attempts", "eval_arms",
               "eval_timeout_s", "seed", "ros_domain_id", "eval_ros_domain_id", "port",
               "metrics_port", "learner_min_attempts", "learner_cycle_s", "learner_cycle_steps",
-              "learner_method", "learner_samples_per_attempt", "exploration_policy"):
+              "learner_method", "learner_samples_per_attempt", "learner_ema_decay",
+              "exploration_policy"):
         flag = "--data" if f == "data_dir" else "--" + f.replace("_", "-")
         p.add_argument(flag, dest=f, type=type(getattr(d, f)), default=None,
                        help=f"default {getattr(d, f)}")

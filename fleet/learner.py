@@ -70,7 +70,7 @@ class LearnerConfig:
     positive_weight: float = 1.0  # BCE weight of successes (>1 skews p up: CEM then closes early)
     augment_shift: int = 4  # random image shift, px (against memorising scenes)
     augment_colour: float = 0.2  # random brightness/contrast change, fraction
-    ema_decay: float = 0.995  # >0: validate and publish a moving average of the weights; 0: off
+    ema_decay: float = 0.0  # >0: validate and publish a moving average of the weights (0.995)
     min_attempts: int = 50  # labelled attempts stored before the first training step
     # Replay ratio: the learner waits for more data once it has trained on this many samples
     # per labelled attempt stored (beyond it a small store is memorised); 0: no cap.

@@ -49,20 +49,9 @@ class SimFleetConfig:
     learner_cycle_steps: int = 400  # ... or after this many training steps
     learner_method: str = "grasp_point"  # fleet.learner --method
     learner_samples_per_attempt: float = 32.0  # fleet.learner --samples-per-attempt (0: no cap)
-    # robot_node exploration_policy; None: the method's (METHOD_EXPLORATION)
+    learner_ema_decay: float = 0.0  # fleet.learner --ema-decay (0: publish the latest weights)
+    # robot_node exploration_policy (e.g. aimed_descent); None: config/robot_node.yaml's
     exploration_policy: Optional[str] = None
-
-    def robot_exploration(self) -> Optional[str]:
-        """The exploration policy the robots run (None: config/robot_node.yaml's)."""
-        return self.exploration_policy or METHOD_EXPLORATION.get(self.learner_method)
-
-
-#: Each learning method's exploration in a simulated fleet. grasp_point: aimed at colourful
-#: blobs of I_0 through the simulated camera's calibration (centred grasps across the narrow
-#: side are the ones a grasp-point network learns least from random ones: docs/RESULTS.md,
-#: run 7); levine: config/robot_node.yaml's random descent (networks trained on aimed data
-#: closed in the air).
-METHOD_EXPLORATION = {"grasp_point": "aimed_descent"}
 
 
 def default_arm_count() -> int:
@@ -114,7 +103,8 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
             "--cycle-every-seconds", str(cfg.learner_cycle_s),
             "--cycle-every-steps", str(cfg.learner_cycle_steps),
             "--method", cfg.learner_method,
-            "--samples-per-attempt", str(cfg.learner_samples_per_attempt), "--no-progress"]))
+            "--samples-per-attempt", str(cfg.learner_samples_per_attempt),
+            "--ema-decay", str(cfg.learner_ema_decay), "--no-progress"]))
     if cfg.dashboard_port:
         out.append(ChildSpec(name="monitor", env={"PYTHONUNBUFFERED": "1"}, argv=[
             python, "-m", "fleet.cli", "monitor", "--server", f"tcp://127.0.0.1:{cfg.port}",
@@ -131,8 +121,8 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
                 "server_public_key": str(keys / "server.key"),
                 "robot_secret_key": str(keys / "secrets" / f"{node.arm}.key_secret"),
             })
-            if exploration := cfg.robot_exploration():
-                node.parameters["exploration_policy"] = exploration
+            if cfg.exploration_policy:
+                node.parameters["exploration_policy"] = cfg.exploration_policy
         out.append(ChildSpec(name=node.label, argv=node.argv(python), env=env))
     return out
 
@@ -188,6 +178,7 @@ def _cmd_sim(args) -> int:
                               learner_cycle_steps=args.learner_cycle_steps,
                               learner_method=args.learner_method,
                               learner_samples_per_attempt=args.learner_samples_per_attempt,
+                              learner_ema_decay=args.learner_ema_decay,
                               exploration_policy=args.exploration_policy,
                               metrics_port=args.metrics_port or None,
                               dashboard_port=args.dashboard_port or None))
@@ -224,8 +215,10 @@ def add_sim(sub) -> None:
                         "beyond which it waits for the fleet (0: no cap)")
     p.add_argument("--exploration-policy", default=None,
                    help="the robots' exploration policy: random_descent, aimed_descent, random "
-                        "or package.module:Class (default: aimed_descent for grasp_point, "
-                        "config/robot_node.yaml's for levine)")
+                        "or package.module:Class (default: config/robot_node.yaml's)")
+    p.add_argument("--learner-ema-decay", type=float, default=0.0,
+                   help="learner --ema-decay: publish a moving average of the weights with this "
+                        "decay per step (0: the latest weights)")
     p.add_argument("--dashboard-port", type=int, default=8080,
                    help="web dashboard port on 127.0.0.1 (0: no dashboard)")
     p.set_defaults(func=_cmd_sim)

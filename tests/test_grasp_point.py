@@ -9,6 +9,7 @@ any step but the first could not learn the rule.
 """
 from __future__ import annotations
 
+import json
 import math
 import signal
 import subprocess
@@ -442,3 +443,25 @@ def test_validation_window_moves_with_the_fleet_or_stays_first(tmp_path):
         reader.close()
     finally:
         store.close()
+
+
+def test_failure_diagnostic_measures_a_bundle_against_the_planner(tmp_path):
+    """benchmarks/grasp_failures.py as a user runs it, on a tiny budget: the bundle's grasps
+    and the privileged planner's on the same test scenes, with the per-grasp geometry."""
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "v2", GraspPointNet(GraspPointConfig(image_height=64,
+                                                                image_width=64)), version=2)
+    out = tmp_path / "failures.json"
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--policy", str(tmp_path / "v2"),
+         "--attempts", "2", "--chunk", "1", "--workers", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "privileged planner on the same scenes" in done.stdout
+    summary = json.loads(out.read_text())
+    assert summary["attempts"] == summary["planner_attempts"] == 2
+    assert sum(b["attempts"] for b in summary["by_distance_to_object_centre"]) == 2
+    assert 0.0 <= summary["on_an_object_share"] <= 1.0
+    bad = subprocess.run([PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--policy",
+                          str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "pass a bundle directory" in bad.stderr

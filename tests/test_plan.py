@@ -77,11 +77,9 @@ def test_missing_config_names_the_default(tmp_path: Path) -> None:
         load_arms(tmp_path / "nope.yaml")
 
 
-def test_fleet_sim_gives_each_method_its_exploration_and_the_learner_the_camera(
-        tmp_path: Path) -> None:
-    """What `fleet sim` would start: grasp-point robots explore aimed at blobs, levine robots
-    keep robot_node.yaml's; an explicit --exploration-policy wins; the learner gets the
-    arms file's camera as flags."""
+def test_fleet_sim_passes_exploration_weight_average_and_camera(tmp_path: Path) -> None:
+    """What `fleet sim` would start: robots explore as config/robot_node.yaml says unless
+    --exploration-policy is given; the learner gets --ema-decay and the arms file's camera."""
     from fleet.sim_fleet import SimFleetConfig, children
 
     arms = tmp_path / "arms.yaml"
@@ -91,9 +89,9 @@ def test_fleet_sim_gives_each_method_its_exploration_and_the_learner_the_camera(
         cfg = SimFleetConfig(arms=1, config=arms, data_dir=tmp_path / "run", **over)
         return next(c.argv for c in children(cfg) if c.name == name)
 
-    assert "exploration_policy:='aimed_descent'" in argv("arm1/robot_node")
-    assert not any("exploration_policy" in a for a in argv("arm1/robot_node",
-                                                            learner_method="levine"))
-    assert "exploration_policy:='random'" in argv("arm1/robot_node", exploration_policy="random")
-    learner = argv("learner")
+    assert not any("exploration_policy" in a for a in argv("arm1/robot_node"))
+    assert "exploration_policy:='aimed_descent'" in argv("arm1/robot_node",
+                                                         exploration_policy="aimed_descent")
+    learner = argv("learner", learner_ema_decay=0.995)
     assert learner[learner.index("--camera-fov-deg") + 1] == "40.0"
+    assert learner[learner.index("--ema-decay") + 1] == "0.995"

@@ -1,0 +1,187 @@
+"""Where a grasp-point policy fails: its grasps against a privileged planner's, scene by scene.
+
+    .venv/bin/python benchmarks/grasp_failures.py --policy runs/learn/run/learner/policies/v9
+
+Runs the bundle's policy (greedy, as `fleet eval` does) through robot_node's own GraspLoop on
+in-process simulated arms (benchmarks/grasp_harness.py's InProcessArm, no ROS) over test-split
+objects, and for every attempt records, from the simulator's privileged knowledge, how far the
+chosen grasp centre lands from the nearest object's centre and from its nearest mesh vertex,
+and what the network scores the grasp the privileged planner (sim_bridge.scripted.plan_grasp)
+would make on the same image. The reference, measured in the same run on the same scene seeds,
+is that planner's own success through the same grasp loop: the figure is the policy's success
+as a share of it. docs/RESULTS.md ("Session 4 studies") has a run and what it showed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grasp_harness import InProcessArm  # noqa: E402
+
+from fleet.bundle import BundleError, load_bundle  # noqa: E402
+from fleet.evaluate import wilson_interval  # noqa: E402
+from fleet.exploration import RandomDescentPolicy, _half_turn, yaw_of_pose  # noqa: E402
+from fleet.grasp_point_policy import GraspPointPolicy  # noqa: E402
+from robot_node.grasp_loop import GraspLoop  # noqa: E402
+from robot_node.params import NodeConfig  # noqa: E402
+from sim_bridge.core import SimArm, SimConfig  # noqa: E402
+from sim_bridge.scripted import plan_grasp  # noqa: E402
+
+#: Bins of the grasp centre's distance to the nearest object's centre, m.
+CENTRE_BINS = (0.0, 0.01, 0.02, 0.04, math.inf)
+
+
+class ProbedPolicy(GraspPointPolicy):
+    """The bundle's policy, noting what the simulator knows about each grasp it chooses."""
+
+    def __init__(self, model, version: int, sim: SimArm, notes: list[dict[str, Any]]) -> None:
+        super().__init__(model, version=version)
+        self.sim, self.notes = sim, notes
+
+    def _choose_target(self, obs):
+        target = super()._choose_target(obs)
+        points = [p[:, :2] for _, p in self.sim.object_points()]
+        plan = plan_grasp(self.sim, np.random.default_rng(0))
+        image = obs.initial_image if obs.initial_image is not None else obs.image
+        grasp = self.grasp
+        planned = math.nan
+        if plan is not None:
+            planned = float(self.scorer.prepare(image)(np.array([[plan.x, plan.y, plan.yaw]]))[0])
+        self.notes.append({
+            "p_chosen": self.p_best, "p_planner": planned,
+            "to_centre": min(float(np.linalg.norm(p.mean(axis=0) - grasp[:2])) for p in points),
+            "to_vertex": min(float(np.min(np.linalg.norm(p - grasp[:2], axis=1)))
+                             for p in points)})
+        return target
+
+
+class PlannerPolicy(RandomDescentPolicy):
+    """The reference: the privileged planner's x, y, yaw, then the same scripted descent."""
+
+    def __init__(self, sim: SimArm) -> None:
+        super().__init__()
+        self.sim = sim
+
+    def _choose_target(self, obs):
+        target = super()._choose_target(obs)
+        plan = plan_grasp(self.sim, self._rng)
+        if plan is not None:
+            target[0], target[1] = plan.x, plan.y
+            self._yaw_left = _half_turn(plan.yaw - yaw_of_pose(obs.ee_pose))
+        return target
+
+
+def run_chunk(job: tuple[str, str, int, int]) -> list[dict[str, Any]]:
+    """One worker: n attempts of one policy ('bundle' or 'planner') from one scene seed."""
+    which, bundle, seed, n = job
+    torch.set_num_threads(1)
+    model, meta = load_bundle(bundle)
+    size = meta.input_spec["image_height"]
+    node = NodeConfig(arm_id="probe", seed=seed, image_width=size, image_height=size)
+    notes: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    with SimArm(SimConfig(split="test", seed=seed, image_width=size, image_height=size)) as sim:
+        attempts: list = []
+        loop = GraspLoop(node, InProcessArm(sim), attempts.append)
+        policy = ProbedPolicy(model, meta.version, sim, notes) if which == "bundle" \
+            else PlannerPolicy(sim)
+        rng = np.random.default_rng(seed)
+        for _ in range(n):
+            before = len(notes)
+            attempt = loop.run_attempt(policy, rng)
+            if attempt.label is None:
+                continue
+            row = dict(notes[-1]) if len(notes) > before else {}
+            rows.append({**row, "success": bool(attempt.label)})
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = np.array([r["success"] for r in rows])
+    ref = np.array([r["success"] for r in reference])
+    centre = np.array([r["to_centre"] for r in rows])
+    vertex = np.array([r["to_vertex"] for r in rows])
+    chosen = np.array([r["p_chosen"] for r in rows])
+    planner = np.array([r["p_planner"] for r in rows])
+    bins = []
+    for lo, hi in zip(CENTRE_BINS[:-1], CENTRE_BINS[1:]):
+        m = (centre >= lo) & (centre < hi)
+        bins.append({"from_m": lo, "to_m": None if math.isinf(hi) else hi,
+                     "attempts": int(m.sum()),
+                     "success": float(ok[m].mean()) if m.any() else None})
+    return {
+        "attempts": len(rows), "success": float(ok.mean()),
+        "ci95": wilson_interval(int(ok.sum()), len(ok)),
+        "planner_success": float(ref.mean()), "planner_attempts": len(ref),
+        "ratio_to_planner": float(ok.mean() / max(ref.mean(), 1e-9)),
+        "by_distance_to_object_centre": bins,
+        "on_an_object_share": float(np.mean(vertex < 0.015)),
+        "score_chosen_median": float(np.median(chosen)),
+        "score_of_planner_grasp_median": float(np.nanmedian(planner)),
+        "planner_grasp_scored_higher_share": float(np.nanmean(planner > chosen)),
+        "score_chosen_success": float(chosen[ok].mean()) if ok.any() else math.nan,
+        "score_chosen_failure": float(chosen[~ok].mean()) if (~ok).any() else math.nan,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--policy", type=Path, required=True, help="a grasp-point bundle directory")
+    p.add_argument("--attempts", type=int, default=100, help="per policy (default 100)")
+    p.add_argument("--seed", type=int, default=500, help="first scene seed (one per chunk)")
+    p.add_argument("--chunk", type=int, default=25, help="attempts per worker job")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    args = p.parse_args(argv)
+    try:
+        _, meta = load_bundle(args.policy)
+    except (BundleError, OSError) as exc:
+        p.error(f"--policy {args.policy}: {exc} (pass a bundle directory such as "
+                f"<learner out>/policies/v3)")
+    if meta.architecture != "grasp_point_cnn":
+        p.error(f"--policy {args.policy} is a {meta.architecture!r} bundle; this diagnostic "
+                f"reads grasp-point bundles (grasp_point_cnn)")
+    chunks = [(args.seed + k, min(args.chunk, args.attempts - k * args.chunk))
+              for k in range(math.ceil(args.attempts / args.chunk))]
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        jobs = [(w, str(args.policy), s, n) for w in ("bundle", "planner") for s, n in chunks]
+        parts = pool.map(run_chunk, jobs, chunksize=1)
+    half = len(chunks)
+    rows = [r for part in parts[:half] for r in part]
+    reference = [r for part in parts[half:] for r in part]
+    summary = {"policy": str(args.policy), "version": meta.version, "seed": args.seed,
+               "wall_s": round(time.time() - t0, 1), **summarise(rows, reference)}
+    s = summary
+    print(f"v{meta.version}: success {s['success']:.2f} ({s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}, "
+          f"n={s['attempts']}); privileged planner on the same scenes {s['planner_success']:.2f}"
+          f" -> ratio {s['ratio_to_planner']:.2f}")
+    print(f"grasps on an object (within 1.5 cm of a vertex): {s['on_an_object_share']:.2f}")
+    for b in s["by_distance_to_object_centre"]:
+        rate = "-" if b["success"] is None else f"{b['success']:.2f}"
+        span = f"> {b['from_m'] * 100:.0f}" if b["to_m"] is None else \
+            f"{b['from_m'] * 100:.0f}-{b['to_m'] * 100:.0f}"
+        print(f"  centre distance {span} cm: "
+              f"{b['attempts']:3d} attempts, success {rate}")
+    print(f"network score: chosen grasp median {s['score_chosen_median']:.2f} (successes "
+          f"{s['score_chosen_success']:.2f}, failures {s['score_chosen_failure']:.2f}); the "
+          f"planner's grasp median {s['score_of_planner_grasp_median']:.2f}, scored higher than "
+          f"the chosen one in {s['planner_grasp_scored_higher_share']:.2f} of scenes")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2).replace("NaN", "null"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
