@@ -27,11 +27,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
-
 from fleet.bundle import META_FILE, BundleError, load_bundle
-from fleet.grasp_point import GraspPointConfig
-from fleet.plan import CAMERA_KEYS, CONFIG_DIR, fleet_camera, fleet_image_size, load_arms, node_plan
+from fleet.grasp_point import camera_mismatch, camera_model
+from fleet.plan import CONFIG_DIR, fleet_camera, fleet_image_size, load_arms, node_plan
 from fleet.policy_factory import policy_kind
 from fleet.attempt_file import AttemptFileError, unpack_frames
 from fleet.records import Attempt, RecordError, decode
@@ -276,21 +274,6 @@ def expand_policies(paths: list[Path], image_size: int,
     return runs
 
 
-def camera_mismatch(network: dict[str, Any], camera: dict[str, Any]) -> str:
-    """'' when a network config's camera model (if it has one) is this camera, else what differs."""
-    wrong = [f"{key} {network[key]} here {value}" for key, value in camera.items()
-             if key in network and not np.allclose(network[key], value, atol=1e-6)]
-    return ", ".join(wrong)
-
-
-def fleet_camera_model(arms_config: Path) -> dict[str, Any]:
-    """The camera the plan's arms render with: GraspPointConfig's defaults (which the simulator
-    shares) overridden by config/arms.yaml's camera_* settings."""
-    defaults = GraspPointConfig()
-    model = {key: getattr(defaults, key) for key in CAMERA_KEYS}
-    return {**model, **fleet_camera(load_arms(arms_config, count=1, sim=True))}
-
-
 def baseline_runs(names: tuple[str, ...]) -> list[PolicyRun]:
     return [PolicyRun(name=n, kind=BASELINES[n][1], exploration_policy=BASELINES[n][0])
             for n in names]
@@ -378,8 +361,8 @@ def evaluate(cfg: EvalConfig, should_stop: Callable[[], bool] = lambda: False,
     from fleet.report_plot import plot_report
 
     cfg.validate()
-    runs = baseline_runs(cfg.baselines) + expand_policies(
-        cfg.policies, cfg.image_size, fleet_camera_model(cfg.arms_config))
+    camera = camera_model(fleet_camera(load_arms(cfg.arms_config, count=1, sim=True)))
+    runs = baseline_runs(cfg.baselines) + expand_policies(cfg.policies, cfg.image_size, camera)
     cfg.out.mkdir(parents=True, exist_ok=True)
     results: list[PolicyResult] = []
     for run in runs:

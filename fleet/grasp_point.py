@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fleet.plan import CAMERA_KEYS
+
 #: The name under which this architecture is registered in fleet.bundle.
 ARCHITECTURE_NAME = "grasp_point_cnn"
 
@@ -108,6 +110,21 @@ class GraspPointConfig:
         if unknown:
             raise ValueError(f"unknown GraspPointConfig fields {sorted(unknown)}")
         return cls(**d)
+
+
+def camera_model(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The full camera model: GraspPointConfig's defaults (the simulated camera's) with the
+    given camera_* settings (fleet.plan.fleet_camera) over them."""
+    defaults = GraspPointConfig()
+    return {**{key: getattr(defaults, key) for key in CAMERA_KEYS}, **overrides}
+
+
+def camera_mismatch(network: dict[str, Any], camera: dict[str, Any]) -> str:
+    """'' when a network config (a bundle's) samples through this camera, or has no camera
+    model (another architecture); else what differs, for the error message."""
+    wrong = [f"{key} {network[key]} here {value}" for key, value in camera.items()
+             if key in network and not np.allclose(network[key], value, atol=1e-6)]
+    return ", ".join(wrong)
 
 
 def camera_axes(eye: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -183,7 +183,7 @@ def fleet_image_size(arms: list[ArmSpec]) -> int:
 def fleet_camera(arms: list[ArmSpec]) -> dict[str, Any]:
     """The one camera model of a fleet (the settings its arms give): one network samples every
     arm's I_0 through it, so they must agree."""
-    cameras = {repr(sorted(a.camera().items())): a.camera() for a in arms}
+    cameras = {repr(sorted(c.items())): c for c in (a.camera() for a in arms)}
     if len(cameras) != 1:
         raise PlanError(f"arms give different cameras {list(cameras.values())}: one fleet trains "
                         f"one grasp-point network on one camera model, so every arm's "

@@ -9,7 +9,6 @@ any step but the first could not learn the rule.
 """
 from __future__ import annotations
 
-import json
 import math
 import signal
 import subprocess
@@ -22,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.bundle import load_bundle, save_bundle
-from fleet.checkpoint import load_checkpoint, read_pointer
+from fleet.bundle import load_bundle
+from fleet.checkpoint import load_checkpoint
 from fleet.dataset import labelled_attempt_counts
 from fleet.exploration import TableCamera
 from fleet.grasp_point import GraspPointConfig, GraspPointNet
@@ -126,6 +125,29 @@ def test_patch_centre_lands_where_the_table_camera_looks(planes):
         np.testing.assert_allclose(pixel, np.c_[cols, rows], atol=0.05)
     image = images_to_tensor(np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8))
     assert net.patches(image, torch.zeros(5, 3)).shape == (5, 3 * len(planes), s, s)
+
+
+def test_every_default_camera_is_the_simulated_one():
+    """The camera's defaults live in four places that must agree: the simulator (SimConfig and
+    config/sim_arm.yaml), the network's model (GraspPointConfig) and the aimed exploration's
+    back-projection (TableCamera); arms.yaml's camera_* override all of them together."""
+    import yaml
+
+    from fleet.grasp_point import camera_model
+    from sim_bridge.config import SimConfig
+
+    sim = SimConfig()
+    yaml_params = yaml.safe_load((REPO / "config" / "sim_arm.yaml").read_text())
+    yaml_params = yaml_params["/**"]["ros__parameters"]
+    table = TableCamera()
+    want = {"camera_eye": sim.camera_eye, "camera_target": sim.camera_target,
+            "camera_fov_deg": sim.camera_fov_deg}
+    for source in (camera_model({}), yaml_params,
+                   {"camera_eye": table.eye, "camera_target": table.target,
+                    "camera_fov_deg": table.vertical_fov_deg}):
+        for key, value in want.items():
+            np.testing.assert_allclose(source[key], value, err_msg=key)
+    assert camera_model({"camera_fov_deg": 30.0})["camera_fov_deg"] == 30.0
 
 
 def test_a_patch_on_a_simulated_object_shows_it_and_a_patch_on_the_tray_does_not():
@@ -344,73 +366,6 @@ def test_learner_flags_set_the_networks_camera_model():
         parser.parse_args(["--data", "d", "--out", "o", "--camera-eye", "0.1", "0.2"])
 
 
-def test_eval_and_runtime_know_the_kind_of_each_architecture(tmp_path):
-    from fleet.evaluate import EvalError, expand_policies
-
-    torch.manual_seed(0)
-    save_bundle(tmp_path / "v4", GraspPointNet(CFG), version=4)
-    (run_,) = expand_policies([tmp_path / "v4"], 64)
-    assert run_.kind == "grasp_point" and run_.version == 4
-    camera = {"camera_eye": list(CFG.camera_eye), "camera_target": list(CFG.camera_target),
-              "camera_fov_deg": CFG.camera_fov_deg}
-    assert expand_policies([tmp_path / "v4"], 64, camera)  # its own camera: accepted
-    with pytest.raises(EvalError, match="trained for another camera.*camera_fov_deg"):
-        expand_policies([tmp_path / "v4"], 64, {**camera, "camera_fov_deg": 60.0})
-    assert policy_kind("grasp_success_cnn") == "cem"
-    with pytest.raises(ValueError, match="no servo policy"):
-        policy_kind("qt_opt_q")
-
-
-class _Landscape:
-    """A known score landscape over (x, y, yaw) in place of the network (same interface as
-    GraspPointScorer): a tall, needle-thin peak and a slightly lower broad hill."""
-
-    needle, hill = np.array([0.45, -0.10]), np.array([0.62, 0.08])
-
-    def prepare(self, image):
-        def score(grasps: np.ndarray) -> np.ndarray:
-            xy = np.asarray(grasps)[:, :2]
-            spike = 0.95 * np.exp(-np.sum((xy - self.needle) ** 2, 1) / (2 * 0.001 ** 2))
-            broad = 0.85 * np.exp(-np.sum((xy - self.hill) ** 2, 1) / (2 * 0.03 ** 2))
-            return np.maximum(spike, broad)
-        return score
-
-
-def test_cem_finds_a_peak_and_the_robust_choice_prefers_the_broad_one():
-    from fleet.grasp_point_policy import GraspPointPolicyConfig
-
-    policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(robust_samples=8))
-    policy.scorer = _Landscape()
-    image = np.zeros((64, 64, 3), np.uint8)
-    for seed in range(4):  # CEM climbs the broad hill from the workspace centre
-        policy.reset(np.random.default_rng(seed))
-        grasp, p = policy.choose_grasp(image, WS_LO, WS_HI)
-        assert np.linalg.norm(grasp[:2] - _Landscape.hill) < 0.01 and p > 0.8
-    # given both peaks as candidates, the best single score is the needle's; the robust
-    # choice (mean over +-5 mm perturbations) takes the hill
-    score = _Landscape().prepare(image)
-    candidates = np.array([[*_Landscape.needle, 0.0], [*_Landscape.hill, 0.3]])
-    scores = score(candidates)
-    assert scores[0] > scores[1]
-    best, mean = policy._robust_choice(score, candidates, scores, WS_LO, WS_HI)
-    np.testing.assert_allclose(best, candidates[1])
-    assert 0.7 < mean < scores[1]
-
-
-def test_explore_top_draws_among_the_best_samples():
-    from fleet.grasp_point_policy import GraspPointPolicyConfig
-
-    policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(explore_top=1.0))
-    policy.scorer = _Landscape()
-    picks = set()
-    for seed in range(8):
-        policy.reset(np.random.default_rng(seed))
-        grasp, p = policy.choose_grasp(np.zeros((64, 64, 3), np.uint8), WS_LO, WS_HI)
-        assert p > 0.5  # one of the top samples, never a poor one
-        picks.add(tuple(np.round(grasp, 4)))
-    assert len(picks) == 8  # and not always the same
-
-
 def test_validation_window_moves_with_the_fleet_or_stays_first(tmp_path):
     from fleet.dataset import ValidationSet, is_validation
 
@@ -443,25 +398,3 @@ def test_validation_window_moves_with_the_fleet_or_stays_first(tmp_path):
         reader.close()
     finally:
         store.close()
-
-
-def test_failure_diagnostic_measures_a_bundle_against_the_planner(tmp_path):
-    """benchmarks/grasp_failures.py as a user runs it, on a tiny budget: the bundle's grasps
-    and the privileged planner's on the same test scenes, with the per-grasp geometry."""
-    torch.manual_seed(0)
-    save_bundle(tmp_path / "v2", GraspPointNet(GraspPointConfig(image_height=64,
-                                                                image_width=64)), version=2)
-    out = tmp_path / "failures.json"
-    done = subprocess.run(
-        [PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--policy", str(tmp_path / "v2"),
-         "--attempts", "2", "--chunk", "1", "--workers", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "privileged planner on the same scenes" in done.stdout
-    summary = json.loads(out.read_text())
-    assert summary["attempts"] == summary["planner_attempts"] == 2
-    assert sum(b["attempts"] for b in summary["by_distance_to_object_centre"]) == 2
-    assert 0.0 <= summary["on_an_object_share"] <= 1.0
-    bad = subprocess.run([PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--policy",
-                          str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "pass a bundle directory" in bad.stderr
