@@ -57,7 +57,8 @@ class ProbedPolicy(GraspPointPolicy):
         grasp = self.grasp
         planned = math.nan
         if plan is not None:
-            planned = float(self.scorer.prepare(image)(np.array([[plan.x, plan.y, plan.yaw]]))[0])
+            score = self.scorer.prepare(image, obs.initial_depth)
+            planned = float(score(np.array([[plan.x, plan.y, plan.yaw]]))[0])
         self.notes.append({
             "p_chosen": self.p_best, "p_planner": planned,
             "to_centre": min(float(np.linalg.norm(p.mean(axis=0) - grasp[:2])) for p in points),

@@ -41,7 +41,8 @@ ALIASES = {"aimed": "fleet.exploration:AimedDescentPolicy"}
 
 class InProcessArm:
     """robot_node.grasp_loop.Arm over a SimArm (no DDS): commands run at once, each returns the
-    state the sim node would publish after it (fresh frame, tool pose, finger opening)."""
+    state the sim node would publish after it (fresh frame and its aligned depth, tool pose,
+    finger opening)."""
 
     def __init__(self, sim: SimArm) -> None:
         self.sim = sim
@@ -49,8 +50,9 @@ class InProcessArm:
     def _state(self) -> ArmState:
         position, orientation = self.sim.ee_pose()
         t = self.sim.sim_time
-        return ArmState(self.sim.render(), t, (*position, *orientation),
-                        self.sim.gripper_opening(), t)
+        rgb, depth = self.sim.render_rgbd()
+        return ArmState(rgb, t, (*position, *orientation), self.sim.gripper_opening(), t,
+                        depth=depth)
 
     def wait_ready(self, timeout: float) -> ArmState:
         return self._state()

@@ -94,7 +94,8 @@ def samples_of_attempt(attempt: Attempt) -> list[StepSample]:
                        motion=np.asarray(s.motion), final_pose=final,
                        label=bool(attempt.label), attempt_id=attempt.attempt_id,
                        robot_id=attempt.robot_id, policy_version=attempt.policy_version,
-                       step=i, num_steps=len(attempt.steps), gripper=s.gripper, stamp=s.stamp)
+                       step=i, num_steps=len(attempt.steps), gripper=s.gripper, stamp=s.stamp,
+                       depth_png=s.depth_png)
             for i, s in enumerate(attempt.steps)]
 
 

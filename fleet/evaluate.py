@@ -29,7 +29,8 @@ from typing import Any, Callable, Optional
 
 from fleet.bundle import META_FILE, BundleError, load_bundle
 from fleet.grasp_point import camera_mismatch, camera_model
-from fleet.plan import CONFIG_DIR, fleet_camera, fleet_image_size, load_arms, node_plan
+from fleet.plan import (CONFIG_DIR, fleet_camera, fleet_depth, fleet_image_size, load_arms,
+                        node_plan)
 from fleet.policy_factory import policy_kind
 from fleet.attempt_file import AttemptFileError, unpack_frames
 from fleet.records import Attempt, RecordError, decode
@@ -233,12 +234,14 @@ def summarise(run: PolicyRun, attempts: list[Attempt], wanted: int, stopped_by: 
 
 
 def expand_policies(paths: list[Path], image_size: int,
-                    camera: Optional[dict[str, Any]] = None) -> list[PolicyRun]:
+                    camera: Optional[dict[str, Any]] = None,
+                    depth: Optional[bool] = None) -> list[PolicyRun]:
     """Bundle paths -> one run per bundle; a directory of versions (v<N>/ holding policy.json,
     e.g. a learner's <out>/policies) gives one run per version, oldest first. Each bundle is
     loaded here once so a broken one fails before any process starts. `camera` (camera_eye,
     camera_target, camera_fov_deg of the arms it will run on): a bundle whose network samples
-    through another camera model is refused (it would look at the wrong pixels)."""
+    through another camera model is refused (it would look at the wrong pixels); so is one that
+    takes depth when the arms' cameras give none (`depth` False)."""
     runs = []
     for path in paths:
         path = Path(path).expanduser()
@@ -261,6 +264,9 @@ def expand_policies(paths: list[Path], image_size: int,
             if camera and (wrong := camera_mismatch(meta.config, camera)):
                 raise EvalError(f"--policy {d}: trained for another camera ({wrong}); evaluate "
                                 f"it with an arms file (--arms-config) giving that camera")
+            if depth is False and "depth" in meta.input_spec:
+                raise EvalError(f"--policy {d}: its network takes a depth image and the arms "
+                                f"file gives depth: false; evaluate it on RGB-D arms")
             found.append((meta, d))
         for meta, d in sorted(found, key=lambda md: (md[0].version, str(md[1]))):
             runs.append(PolicyRun(name=f"v{meta.version}", kind=policy_kind(meta.architecture),
@@ -361,8 +367,10 @@ def evaluate(cfg: EvalConfig, should_stop: Callable[[], bool] = lambda: False,
     from fleet.report_plot import plot_report
 
     cfg.validate()
-    camera = camera_model(fleet_camera(load_arms(cfg.arms_config, count=1, sim=True)))
-    runs = baseline_runs(cfg.baselines) + expand_policies(cfg.policies, cfg.image_size, camera)
+    plan = load_arms(cfg.arms_config, count=1, sim=True)
+    camera = camera_model(fleet_camera(plan))
+    runs = baseline_runs(cfg.baselines) + expand_policies(cfg.policies, cfg.image_size, camera,
+                                                          fleet_depth(plan))
     cfg.out.mkdir(parents=True, exist_ok=True)
     results: list[PolicyResult] = []
     for run in runs:

@@ -76,6 +76,14 @@ class GraspPointConfig:
     #: Output channels of the convs (each followed by 2x2 max pooling).
     channels: tuple[int, ...] = (16, 32, 64)
     fc_width: int = 64
+    #: Also take the camera's aligned depth image (m along the optical axis, an RGB-D camera's
+    #: aligned_depth_to_color): each pixel becomes the height above base_link z = 0 of the
+    #: surface it sees (through the camera model), sampled on every plane beside the colours.
+    #: Whether a finger lands on top of an object, and how tall what lies between the fingers
+    #: is, is geometry that colour only hints at.
+    use_depth: bool = False
+    #: Heights are divided by this (m) and clipped to [0, 1], as colours are.
+    height_scale: float = 0.2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -96,6 +104,13 @@ class GraspPointConfig:
             raise ValueError("patch_planes needs at least one height")
         if not self.channels or min(self.channels) < 1 or self.fc_width < 1:
             raise ValueError("channels need at least one positive entry; fc_width > 0")
+        if not self.height_scale > 0:
+            raise ValueError(f"height_scale must be > 0 m, got {self.height_scale}")
+
+    @property
+    def image_channels(self) -> int:
+        """Channels the patch sampler reads: RGB, plus height with use_depth."""
+        return 4 if self.use_depth else 3
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -182,6 +197,33 @@ class PatchSampler(nn.Module):
         return (cam[..., :2] / depth * self.scale).to(torch.float32)
 
 
+class DepthToHeight(nn.Module):
+    """Aligned depth images (B, 1, H, W), m along the optical axis -> the height channel
+    (B, 1, H, W): the base_link z of the surface each pixel sees, / height_scale, in [0, 1].
+
+    A pixel's ray is eye + depth * (right * u' + down * v' + forward) with u', v' its offsets
+    from the principal point over the focal length, so z = eye_z + depth * k(u, v) with k fixed
+    by the camera model. Missing depth (0, NaN or inf: no return, as RGB-D cameras report it)
+    reads as height 0, the floor."""
+
+    def __init__(self, cfg: GraspPointConfig) -> None:
+        super().__init__()
+        eye = np.asarray(cfg.camera_eye, float)
+        forward, right, down = camera_axes(eye, np.asarray(cfg.camera_target, float))
+        f = cfg.image_height / (2.0 * math.tan(math.radians(cfg.camera_fov_deg) / 2.0))
+        u = (np.arange(cfg.image_width) + 0.5 - cfg.image_width / 2) / f
+        v = (np.arange(cfg.image_height) + 0.5 - cfg.image_height / 2) / f
+        k = right[2] * u[None, :] + down[2] * v[:, None] + forward[2]
+        self.register_buffer("k", torch.tensor(k, dtype=torch.float32)[None, None],
+                             persistent=False)
+        self.eye_z, self.scale = float(eye[2]), float(cfg.height_scale)
+
+    def forward(self, depth: torch.Tensor) -> torch.Tensor:
+        valid = torch.isfinite(depth) & (depth > 0)
+        z = self.eye_z + torch.where(valid, depth, torch.zeros_like(depth)) * self.k
+        return torch.where(valid, z / self.scale, torch.zeros_like(z)).clamp_(0.0, 1.0)
+
+
 class GraspPointNet(nn.Module):
     """logit p(success | I_0, grasp). `patches` and `score_patches` are the two halves."""
 
@@ -191,8 +233,9 @@ class GraspPointNet(nn.Module):
         super().__init__()
         self.config = cfg = config or GraspPointConfig()
         self.sampler = PatchSampler(cfg)
+        self.height = DepthToHeight(cfg) if cfg.use_depth else None
         layers: list[nn.Module] = []
-        cin, side = 3 * len(cfg.patch_planes), cfg.patch_size
+        cin, side = cfg.image_channels * len(cfg.patch_planes), cfg.patch_size
         for cout in cfg.channels:
             layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2)]
@@ -207,21 +250,36 @@ class GraspPointNet(nn.Module):
 
     def input_spec(self) -> dict[str, Any]:
         cfg = self.config
-        return {"image_height": cfg.image_height, "image_width": cfg.image_width,
+        spec = {"image_height": cfg.image_height, "image_width": cfg.image_width,
                 "image_channels": 3, "image_encoding": "rgb8 / 255", "image": "I_0 (pre-grasp)",
                 "grasp_encoding": GRASP_ENCODING}
+        if cfg.use_depth:
+            spec["depth"] = ("I_0's aligned depth image, float32 m along the optical axis "
+                             "(0 = no return)")
+        return spec
 
     # -- the two halves ---------------------------------------------------------------------------
-    def patches(self, images: torch.Tensor, grasps: torch.Tensor) -> torch.Tensor:
-        """(B or 1, 3, H, W) float images in [0, 1] and (N, 3) grasps -> (N, 3 P, S, S) patches
-        (P planes, 3 colours each), centred (minus 0.5). One image is shared by every grasp (the
-        policy's case)."""
+    def patches(self, images: torch.Tensor, grasps: torch.Tensor,
+                depth: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B or 1, 3, H, W) float images in [0, 1] and (N, 3) grasps -> (N, C P, S, S) patches
+        (P planes, C = 3 colours [+ height] each), centred (minus 0.5). One image is shared by
+        every grasp (the policy's case). `depth` (same B, 1, H, W; m) is required with
+        use_depth and refused without it."""
         cfg = self.config
         if tuple(images.shape[1:]) != (3, cfg.image_height, cfg.image_width):
             raise ValueError(f"images must be (B, 3, {cfg.image_height}, {cfg.image_width}), "
                              f"got {tuple(images.shape)}")
         if grasps.ndim != 2 or grasps.shape[1] != 3:
             raise ValueError(f"grasps must be (N, 3) x, y, yaw, got {tuple(grasps.shape)}")
+        if self.height is not None:
+            want = (images.shape[0], 1, cfg.image_height, cfg.image_width)
+            if depth is None or tuple(depth.shape) != want:
+                got = None if depth is None else tuple(depth.shape)
+                raise ValueError(f"this network takes a depth image beside the colour image "
+                                 f"(use_depth): depth must be {want}, got {got}")
+            images = torch.cat([images, self.height(depth)], 1)
+        elif depth is not None:
+            raise ValueError("this network takes no depth image (use_depth is off)")
         n, planes, size = grasps.shape[0], len(cfg.patch_planes), cfg.patch_size
         grid = self.sampler(grasps)  # (N * P, S, S, 2)
         if images.shape[0] == 1:
@@ -231,21 +289,23 @@ class GraspPointNet(nn.Module):
         # outside the image: mid-grey after centring (0), as an unseen place should look
         out = F.grid_sample(images - 0.5, grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)
-        return out.reshape(n, planes * 3, size, size)
+        return out.reshape(n, planes * cfg.image_channels, size, size)
 
     def score_patches(self, patches: torch.Tensor) -> torch.Tensor:
         return self.fc(self.trunk(patches)).squeeze(1)
 
     def forward(self, images: torch.Tensor, grasps: torch.Tensor,
-                mirror: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits (N,) of grasps (N, 3) on images (N or 1, 3, H, W) in [0, 1].
+                mirror: Optional[torch.Tensor] = None,
+                depth: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (N,) of grasps (N, 3) on images (N or 1, 3, H, W) in [0, 1] (and their depth
+        images (N or 1, 1, H, W) in m, with use_depth).
 
         `mirror` (N, 2) bool, for training: flip patch n left-right (column 0) and/or upside
         down (column 1) before scoring. A parallel gripper is mirror-symmetric in both axes, so
         the mirrored scene grasped the mirrored way has the same outcome: exact extra data.
         (It is an argument of forward, not a step outside it, so DistributedDataParallel sees
         the whole computation.)"""
-        patches = self.patches(images, grasps)
+        patches = self.patches(images, grasps, depth)
         if mirror is not None:
             m = mirror.to(patches.device)
             patches = torch.where(m[:, 0, None, None, None], patches.flip(-1), patches)

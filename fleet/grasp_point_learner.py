@@ -1,7 +1,7 @@
 """The grasp-point learner: supervised grasp success on (I_0, where and how the gripper closed).
 
-One example per labelled attempt: the pre-grasp image I_0 (the attempt's first recorded step),
-the closing pose's x, y and yaw (final_pose: where the gripper really closed, contact stops and
+One example per labelled attempt: the pre-grasp image I_0 (the attempt's first recorded step)
+and, for a network with use_depth, its aligned depth image, the closing pose's x, y and yaw (final_pose: where the gripper really closed, contact stops and
 all, not where the policy aimed) and the gripper's label, trained with binary cross-entropy on
 the grasp-point network's logit (fleet/grasp_point.py). Beside the Levine learner
 (fleet/learner.py) it plugs into the same machinery (fleet/learner_loop.py: store streams,
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fleet.dataset import decode_rgb, quaternion_yaw
+from fleet.depth_image import decode_depth_png
 from fleet.grasp_point import GraspPointConfig, GraspPointNet
 from fleet.learner import TrainingOptions, augment
 from fleet.learner_api import Batch
@@ -37,23 +38,44 @@ def closing_grasps(final_poses: np.ndarray) -> np.ndarray:
     return np.stack([fp[:, 0], fp[:, 1], quaternion_yaw(fp[:, 3:])], 1).astype(np.float32)
 
 
+def depth_batch(samples: Sequence[StepSample], height: int, width: int) -> torch.Tensor:
+    """The samples' recorded depth images -> uint16 (B, 1, H, W) mm (0 = no return)."""
+    out = np.zeros((len(samples), 1, height, width), np.uint16)
+    for i, s in enumerate(samples):
+        if s.depth_png is None:
+            raise ValueError(
+                f"attempt {s.attempt_id} (robot {s.robot_id}) has no depth image, and this "
+                f"network takes one (use_depth): give every arm an RGB-D camera, or train "
+                f"without depth (fleet learn --no-depth)")
+        depth = decode_depth_png(s.depth_png)
+        if depth.shape != (height, width):
+            raise ValueError(f"attempt {s.attempt_id}: depth image {depth.shape[1]}x"
+                             f"{depth.shape[0]}, the network takes {width}x{height}")
+        out[i, 0] = depth
+    return torch.from_numpy(out)
+
+
 @dataclass(frozen=True)
 class GraspPointCollate:
     """StepSamples (step 0 of attempts) -> {"image": uint8 (B,3,H,W), "grasp": (B,3),
-    "label": (B,)}. Picklable; runs in DataLoader workers."""
+    "label": (B,)[, "depth": uint16 (B,1,H,W) mm]}. Picklable; runs in DataLoader workers."""
 
     height: int
     width: int
+    depth: bool = False
 
     def __call__(self, samples: Sequence[StepSample]) -> Batch:
         if any(s.step != 0 for s in samples):
             raise ValueError("the grasp-point learner trains on each attempt's first step (I_0) "
                              "only; draw samples with first_step_only")
         images = np.stack([decode_rgb(s.image_jpeg, self.height, self.width) for s in samples])
-        return {"image": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
-                "grasp": torch.from_numpy(closing_grasps(np.stack([s.final_pose
-                                                                   for s in samples]))),
-                "label": torch.tensor([float(s.label) for s in samples])}
+        batch = {"image": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+                 "grasp": torch.from_numpy(closing_grasps(np.stack([s.final_pose
+                                                                    for s in samples]))),
+                 "label": torch.tensor([float(s.label) for s in samples])}
+        if self.depth:
+            batch["depth"] = depth_batch(samples, self.height, self.width)
+        return batch
 
 
 class GraspPointLearner(SupervisedLearner):
@@ -67,12 +89,16 @@ class GraspPointLearner(SupervisedLearner):
         self.options = options or TrainingOptions()
         super().__init__(GraspPointNet(network), lr, weight_decay, device,
                          self.options.positive_weight, self.options.ema_decay)
-        self.collate = GraspPointCollate(network.image_height, network.image_width)
+        self.collate = GraspPointCollate(network.image_height, network.image_width,
+                                         network.use_depth)
 
     def forward_batch(self, model: nn.Module, batch: Batch,
                       generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         image = self._to_device(batch["image"]).float().div_(255.0)
         grasp = self._to_device(batch["grasp"])
+        # uint16 mm (the recorded form, 0 = no return) -> float m
+        depth = self._to_device(batch["depth"]).float().div_(1000.0) if "depth" in batch \
+            else None
         mirror = None
         if generator is not None:
             b = grasp.shape[0]
@@ -83,4 +109,4 @@ class GraspPointLearner(SupervisedLearner):
             if self.options.augment_colour:
                 image = augment(image, TrainingOptions(augment_colour=self.options.augment_colour),
                                 generator)
-        return model(image, grasp, mirror), self._to_device(batch["label"])
+        return model(image, grasp, mirror, depth), self._to_device(batch["label"])

@@ -65,7 +65,7 @@ class GraspPointScorer:
     def __init__(self, model: GraspPointNet) -> None:
         self.model = model.eval()
 
-    def prepare(self, image: np.ndarray):
+    def prepare(self, image: np.ndarray, depth: Optional[np.ndarray] = None):
         cfg = self.model.config
         if image.shape != (cfg.image_height, cfg.image_width, 3):
             raise ValueError(
@@ -73,10 +73,21 @@ class GraspPointScorer:
                 f"the camera gave {image.shape}: resize the image or load a bundle trained at "
                 f"this resolution")
         tensor = images_to_tensor(image)
+        depth_tensor = None
+        if cfg.use_depth:
+            if depth is None or depth.shape != (cfg.image_height, cfg.image_width):
+                got = "none" if depth is None else f"{depth.shape}"
+                raise ValueError(
+                    f"the policy's network needs the camera's aligned depth image "
+                    f"({cfg.image_height}x{cfg.image_width}, m) beside the colour image, got "
+                    f"{got}: give the arm an RGB-D camera (robot_node's depth_topic) or load a "
+                    f"bundle trained without depth")
+            depth_tensor = torch.as_tensor(np.asarray(depth, np.float32))[None, None]
 
         def score(grasps: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                logits = self.model(tensor, torch.as_tensor(grasps, dtype=torch.float32))
+                logits = self.model(tensor, torch.as_tensor(grasps, dtype=torch.float32),
+                                    depth=depth_tensor)
                 return torch.sigmoid(logits).numpy().astype(np.float64)
 
         return score
@@ -107,14 +118,16 @@ class GraspPointPolicy(RandomDescentPolicy):
         self.grasp, self.p_best = None, math.nan
 
     def choose_grasp(self, image: np.ndarray, workspace_min: np.ndarray,
-                     workspace_max: np.ndarray) -> tuple[np.ndarray, float]:
-        """The grasp (x, y, yaw) to make on this pre-grasp image, and its success probability."""
+                     workspace_max: np.ndarray, depth: Optional[np.ndarray] = None
+                     ) -> tuple[np.ndarray, float]:
+        """The grasp (x, y, yaw) to make on this pre-grasp image (and its depth image), and its
+        success probability."""
         c = self.policy_config
         lo = np.asarray(workspace_min, float)[:2] + c.xy_margin
         hi = np.asarray(workspace_max, float)[:2] - c.xy_margin
         low = np.array([lo[0], lo[1], c.cem.low[2]])
         high = np.array([hi[0], hi[1], c.cem.high[2]])
-        score = self.scorer.prepare(image)
+        score = self.scorer.prepare(image, depth)
         seen: list[tuple[np.ndarray, np.ndarray]] = []
 
         def recorded(grasps: np.ndarray) -> np.ndarray:
@@ -155,7 +168,8 @@ class GraspPointPolicy(RandomDescentPolicy):
     def _choose_target(self, obs: Observation) -> np.ndarray:
         target = super()._choose_target(obs)  # the floor height; x, y replaced below
         image = obs.initial_image if obs.initial_image is not None else obs.image
-        grasp, self.p_best = self.choose_grasp(image, obs.workspace_min, obs.workspace_max)
+        grasp, self.p_best = self.choose_grasp(image, obs.workspace_min, obs.workspace_max,
+                                               obs.initial_depth)
         self.grasp = grasp
         target[:2] = grasp[:2]
         self._yaw_left = _half_turn(float(grasp[2]) - yaw_of_pose(obs.ee_pose))

@@ -63,6 +63,9 @@ class LearnerConfig:
     camera_eye: tuple[float, float, float] = GraspPointConfig.camera_eye  # camera position
     camera_target: tuple[float, float, float] = GraspPointConfig.camera_target  # looked-at point
     camera_fov_deg: float = GraspPointConfig.camera_fov_deg  # vertical field of view, deg
+    # The grasp-point network also takes I_0's aligned depth image (arms.yaml depth: the arms
+    # have RGB-D cameras; fleet sim sets it). Every attempt trained on must then carry depth.
+    depth: bool = False
     val_fraction: float = 0.1  # share of attempts (by a hash of their id) held out
     val_max_attempts: int = 200  # validation set: this many held-out attempts ...
     val_newest: bool = True  # ... the newest (a window moving with the fleet), else the first

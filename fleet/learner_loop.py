@@ -44,12 +44,14 @@ def make_learner(config: LearnerConfig, device: torch.device) -> Learner:
     """The learning method config.method names, with the network for the robots' camera size."""
     size = config.image_size
     if config.method == "levine":
+        if config.depth:
+            log.info("the levine method takes colour images only: --depth is ignored")
         return LevineLearner(NetworkConfig(image_height=size, image_width=size), config.lr,
                              config.weight_decay, device, config.training_options())
     network = GraspPointConfig(image_height=size, image_width=size,
                               camera_eye=tuple(config.camera_eye),
                               camera_target=tuple(config.camera_target),
-                              camera_fov_deg=config.camera_fov_deg)
+                              camera_fov_deg=config.camera_fov_deg, use_depth=config.depth)
     return GraspPointLearner(network, config.lr,
                              config.weight_decay, device, config.training_options())
 

@@ -40,6 +40,10 @@ class ArmSpec:
     camera_eye: Optional[list[float]] = None
     camera_target: Optional[list[float]] = None
     camera_fov_deg: Optional[float] = None
+    #: The camera gives an aligned depth image beside the colour one (RGB-D): the simulated
+    #: arm publishes it, robot_node records it and gives it to the policy, and the fleet's
+    #: grasp-point network takes it (fleet learn --depth). False: colour only.
+    depth: bool = True
 
     def camera(self) -> dict[str, Any]:
         """The camera settings this arm sets (keys of SimConfig / GraspPointConfig)."""
@@ -156,12 +160,15 @@ def node_plan(arms: list[ArmSpec], config_dir: Path = CONFIG_DIR,
                 params_files=_existing([config_dir / "sim_arm.yaml"]),
                 parameters={"image_width": arm.image_size, "image_height": arm.image_size,
                             "num_objects": arm.num_objects, "split": arm.split,
-                            "seed": arm.seed, **arm.camera()},
+                            "seed": arm.seed, "publish_depth": bool(arm.depth),
+                            **arm.camera()},
                 remappings=clock))
         # the policy's input size is the camera's: one setting (arms.yaml image_size) for both
         robot_params: dict[str, Any] = {"arm_id": arm.name, "use_sim_time": arm.sim,
                                         "image_width": arm.image_size,
                                         "image_height": arm.image_size}
+        if not arm.depth:
+            robot_params["depth_topic"] = "none"
         robot_params.update(extra_robot_params or {})
         nodes.append(NodeSpec(
             arm=arm.name, executable="robot_node", module="robot_node.node",
@@ -189,6 +196,16 @@ def fleet_camera(arms: list[ArmSpec]) -> dict[str, Any]:
                         f"one grasp-point network on one camera model, so every arm's "
                         f"camera_eye, camera_target and camera_fov_deg must be the same")
     return next(iter(cameras.values()))
+
+
+def fleet_depth(arms: list[ArmSpec]) -> bool:
+    """Whether the fleet's one network takes depth: every arm's camera gives it, or none's."""
+    kinds = {bool(a.depth) for a in arms}
+    if len(kinds) != 1:
+        raise PlanError(f"arms {[a.name for a in arms if a.depth]} give depth and "
+                        f"{[a.name for a in arms if not a.depth]} do not: one fleet trains one "
+                        f"network, so set depth the same for every arm (false: colour only)")
+    return kinds.pop()
 
 
 def camera_flags(camera: dict[str, Any]) -> list[str]:

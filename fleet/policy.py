@@ -45,6 +45,9 @@ class Observation:
     workspace_min: np.ndarray  # (3,) lowest x, y, z the tool point may reach
     workspace_max: np.ndarray  # (3,) highest x, y, z
     initial_image: Optional[np.ndarray] = None  # pre-grasp image I_0, if the network takes it
+    #: I_0's aligned depth image, (H, W) float32 m along the optical axis (0 = no return), if
+    #: the arm's camera gives one (an RGB-D camera; the simulated arm's does).
+    initial_depth: Optional[np.ndarray] = None
 
     @property
     def position(self) -> np.ndarray:

@@ -78,7 +78,8 @@ class ProtocolError(ValueError):
 class Limits:
     """Size limits the server enforces (and announces in WELCOME so clients can check first)."""
 
-    max_frames: int = 1 + 1 + 256  # protocol header + record header + up to 256 step images
+    #: protocol header + record header + up to 256 steps' images and their depth images
+    max_frames: int = 1 + 1 + 2 * 256
     max_frame_bytes: int = 2 * 1024 * 1024  # also the socket's ZMQ_MAXMSGSIZE
     max_upload_bytes: int = 32 * 1024 * 1024
     max_header_bytes: int = 64 * 1024

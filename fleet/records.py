@@ -7,7 +7,12 @@ for evaluation, never for training).
 
 The same encoding is used for the robot's local spool file and for the upload on the wire, so an
 attempt is serialised exactly once: a msgpack header (everything but the images) followed by one
-raw frame per JPEG. Nothing here is ever unpickled.
+raw frame per JPEG, then, when the arm's camera gives depth, one frame per step's aligned depth
+image (16-bit PNG of mm, fleet/depth_image.py). Nothing here is ever unpickled.
+
+Record versions: 1 has no depth; 2 adds the header key "depth" (true: the depth frames follow
+the JPEGs). An attempt without depth is still written as version 1, so a data server of an
+older build keeps accepting it; one with depth is refused there with "upgrade the older side".
 
 Units: metres, radians, seconds; poses are (x, y, z, qx, qy, qz, qw) in the arm's base frame;
 motions are (dx, dy, dz, dyaw) in the base frame; gripper readings are the finger opening in m.
@@ -23,7 +28,10 @@ from typing import Any, Optional
 
 import msgpack
 
-RECORD_VERSION = 1
+#: The newest record version this build writes and reads (it reads every one of READ_VERSIONS).
+RECORD_VERSION = 2
+READ_VERSIONS = (1, 2)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: Outcomes. "aborted" means the attempt failed to run (a timeout, an e-stop): it is not a grasp
 #: failure and must never be trained on as one.
@@ -43,6 +51,10 @@ class Step:
     motion: tuple[float, ...]  # commanded (dx, dy, dz, dyaw), m and rad, base frame
     gripper: float  # finger opening, m
     stamp: float  # seconds (the robot's clock: sim time on a simulated arm)
+    #: The image's aligned depth, 16-bit greyscale PNG of mm along the optical axis (0 = no
+    #: return); None when the arm's camera gives no depth. All steps of an attempt have it, or
+    #: none does.
+    depth_png: Optional[bytes] = None
 
 
 @dataclass
@@ -74,6 +86,10 @@ class Attempt:
     def jpeg_bytes(self) -> int:
         return sum(len(s.image_jpeg) for s in self.steps)
 
+    @property
+    def has_depth(self) -> bool:
+        return bool(self.steps) and self.steps[0].depth_png is not None
+
 
 _NUMBER_TYPES = frozenset({int, float})  # exact types: bool (an int subclass) is refused
 _SEQ_TYPES = frozenset({list, tuple})
@@ -96,8 +112,11 @@ def _floats(value: Any, n: int, name: str) -> tuple[float, ...]:
 
 def header_of(attempt: Attempt) -> dict[str, Any]:
     """The attempt without its images, as plain msgpack-able values."""
-    return {
-        "record_version": RECORD_VERSION,
+    depth = attempt.has_depth
+    if any((s.depth_png is not None) != depth for s in attempt.steps):
+        raise RecordError("either every step of an attempt has a depth image or none does")
+    header = {
+        "record_version": 2 if depth else 1,
         "attempt_id": attempt.attempt_id,
         "robot_id": attempt.robot_id,
         "policy_version": attempt.policy_version,
@@ -117,12 +136,19 @@ def header_of(attempt: Attempt) -> dict[str, Any]:
             for s in attempt.steps
         ],
     }
+    if depth:
+        header["depth"] = True
+    return header
 
 
 def encode(attempt: Attempt) -> list[bytes]:
-    """Frames: [msgpack header, jpeg of step 0, jpeg of step 1, ...]."""
+    """Frames: [msgpack header, jpeg of step 0, jpeg of step 1, ..., then with depth: png of
+    step 0, png of step 1, ...]."""
     header = msgpack.packb(header_of(attempt), use_bin_type=True)
-    return [header] + [s.image_jpeg for s in attempt.steps]
+    frames = [header] + [s.image_jpeg for s in attempt.steps]
+    if attempt.has_depth:
+        frames += [s.depth_png for s in attempt.steps]
+    return frames
 
 
 def decode(frames: list[bytes], max_steps: int = 1000) -> Attempt:
@@ -135,18 +161,24 @@ def decode(frames: list[bytes], max_steps: int = 1000) -> Attempt:
         raise RecordError(f"attempt header is not valid msgpack: {exc}") from None
     if not isinstance(h, dict):
         raise RecordError("attempt header must be a map")
-    if h.get("record_version") != RECORD_VERSION:
+    version = h.get("record_version")
+    if type(version) is not int or version not in READ_VERSIONS:
         raise RecordError(
-            f"record_version {h.get('record_version')!r} is not supported (this build reads "
-            f"{RECORD_VERSION}); upgrade the older side")
+            f"record_version {version!r} is not supported (this build reads "
+            f"{', '.join(map(str, READ_VERSIONS))}); upgrade the older side")
+    depth = h.get("depth", False) if version >= 2 else False
+    if type(depth) is not bool:
+        raise RecordError("depth must be true or false")
     steps_h = h.get("steps")
     if not isinstance(steps_h, list):
         raise RecordError("steps must be a list")
     if len(steps_h) > max_steps:
         raise RecordError(f"{len(steps_h)} steps is over the limit of {max_steps}")
-    if len(frames) != 1 + len(steps_h):
+    per_step = 2 if depth else 1
+    if len(frames) != 1 + per_step * len(steps_h):
         raise RecordError(
-            f"header lists {len(steps_h)} steps but {len(frames) - 1} image frames came")
+            f"header lists {len(steps_h)} steps{' with depth' if depth else ''}, which needs "
+            f"{per_step * len(steps_h)} image frames, but {len(frames) - 1} came")
     for key, typ in (("attempt_id", str), ("robot_id", str), ("policy_kind", str),
                      ("outcome", str)):
         if not isinstance(h.get(key), typ) or not h[key] or len(h[key]) > 128:
@@ -166,9 +198,11 @@ def decode(frames: list[bytes], max_steps: int = 1000) -> Attempt:
     extra = h.get("extra", {})
     if not isinstance(extra, dict):
         raise RecordError("extra must be a map")
-    steps = _steps_fast(steps_h, frames)
+    n = len(steps_h)
+    images, depths = frames[1:1 + n], (frames[1 + n:] if depth else None)
+    steps = _steps_fast(steps_h, images, depths)
     if steps is None:  # something is wrong: the careful loop names it
-        steps = _steps_checked(steps_h, frames)
+        steps = _steps_checked(steps_h, images, depths)
     return Attempt(
         attempt_id=h["attempt_id"], robot_id=h["robot_id"],
         policy_version=h["policy_version"], policy_kind=h["policy_kind"], steps=steps,
@@ -181,7 +215,8 @@ def decode(frames: list[bytes], max_steps: int = 1000) -> Attempt:
 _STEP_FIELDS = operator.itemgetter("ee_pose", "motion", "gripper", "stamp")
 
 
-def _steps_fast(steps_h: list, frames: list[bytes]) -> Optional[list[Step]]:
+def _steps_fast(steps_h: list, images: list[bytes],
+                depths: Optional[list[bytes]]) -> Optional[list[Step]]:
     """The steps of a well-formed record with C-level bulk checks, or None if any check fails.
 
     Why: the data server decodes every upload, and checking ~110 numbers one _floats() call at
@@ -214,31 +249,37 @@ def _steps_fast(steps_h: list, frames: list[bytes]) -> Optional[list[Step]]:
         return None
     if not all(map(math.isfinite, floats)):
         return None
-    images = frames[1:]
     if any(jpeg[:2] != b"\xff\xd8" for jpeg in images):
+        return None
+    if depths is not None and any(png[:8] != PNG_SIGNATURE for png in depths):
         return None
     n = len(fields)
     it = iter(floats)
     pose_t = [tuple(itertools.islice(it, 7)) for _ in range(n)]
     motion_t = [tuple(itertools.islice(it, 4)) for _ in range(n)]
     grippers, stamps = floats[11 * n:12 * n], floats[12 * n:]
-    return [Step(bytes(jpeg), p, m, g, t)
-            for jpeg, p, m, g, t in zip(images, pose_t, motion_t, grippers, stamps)]
+    pngs = [None] * n if depths is None else [bytes(d) for d in depths]
+    return [Step(bytes(jpeg), p, m, g, t, d)
+            for jpeg, p, m, g, t, d in zip(images, pose_t, motion_t, grippers, stamps, pngs)]
 
 
-def _steps_checked(steps_h: list, frames: list[bytes]) -> list[Step]:
+def _steps_checked(steps_h: list, images: list[bytes],
+                   depths: Optional[list[bytes]]) -> list[Step]:
     """The steps, checked one field at a time; raises RecordError naming the first bad one."""
     steps = []
-    for i, (sh, jpeg) in enumerate(zip(steps_h, frames[1:])):
+    pngs = [None] * len(images) if depths is None else depths
+    for i, (sh, jpeg, png) in enumerate(zip(steps_h, images, pngs)):
         if not isinstance(sh, dict):
             raise RecordError(f"step {i} must be a map")
         if not jpeg[:2] == b"\xff\xd8":
             raise RecordError(f"step {i} image is not a JPEG (no SOI marker)")
+        if png is not None and png[:8] != PNG_SIGNATURE:
+            raise RecordError(f"step {i} depth image is not a PNG (no signature)")
         (gripper,) = _floats([sh.get("gripper")], 1, f"step {i} gripper")
         (stamp,) = _floats([sh.get("stamp")], 1, f"step {i} stamp")
         steps.append(Step(
             image_jpeg=bytes(jpeg),
             ee_pose=_floats(sh.get("ee_pose"), 7, f"step {i} ee_pose"),
             motion=_floats(sh.get("motion"), 4, f"step {i} motion"),
-            gripper=gripper, stamp=stamp))
+            gripper=gripper, stamp=stamp, depth_png=None if png is None else bytes(png)))
     return steps

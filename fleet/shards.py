@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS_DIR = "attempts"
 STEPS_DIR = "steps"
-SHARD_FORMAT_VERSION = "1"
+#: 2 added the steps column depth_png; a reader takes 1 too (no depth: the column is absent).
+SHARD_FORMAT_VERSION = "2"
 _SHARD_RE = re.compile(r"^part-(\d{12})\.parquet$")
 
 POSE = pa.list_(pa.float64(), 7)
@@ -76,6 +77,8 @@ STEPS_SCHEMA = pa.schema([
     ("motion", MOTION),  # commanded dx dy dz (m) dyaw (rad), base frame
     ("gripper", pa.float64()),  # finger opening, m
     ("image_jpeg", pa.binary()),  # the camera image before the motion, JPEG
+    # its aligned depth, 16-bit greyscale PNG of mm (fleet/depth_image.py); null: no depth camera
+    ("depth_png", pa.binary()),
 ], metadata={b"fleet.shard_format": SHARD_FORMAT_VERSION.encode()})
 
 #: Attempts per row group of an attempts file: read_attempt reads one group's headers.
@@ -129,6 +132,7 @@ class _Columns:
         self.encoded_bytes: list[int] = []
         self.steps: list[dict] = []  # every step's header map, in shard order
         self.images: list[bytes] = []
+        self.depths: list = []  # per step: PNG bytes, or None (an attempt without depth)
         self.ids: set[str] = set()
 
     def add(self, frames: list[bytes], stored_at: float) -> None:
@@ -137,15 +141,18 @@ class _Columns:
         if h["attempt_id"] in self.ids:
             return
         self.ids.add(h["attempt_id"])
-        if len(h["steps"]) != len(frames) - 1:
-            raise ValueError(f"attempt {h['attempt_id']!r}: {len(h['steps'])} steps but "
-                             f"{len(frames) - 1} images in the log")
+        n = len(h["steps"])
+        per_step = 2 if h.get("depth") else 1
+        if per_step * n != len(frames) - 1:
+            raise ValueError(f"attempt {h['attempt_id']!r}: {n} steps but "
+                             f"{len(frames) - 1} image frames in the log")
         self.headers.append(h)
         self.header_frames.append(frames[0])
         self.stored_at.append(stored_at)
         self.encoded_bytes.append(sum(map(len, frames)))
         self.steps.extend(h["steps"])
-        self.images.extend(frames[1:])
+        self.images.extend(frames[1:1 + n])
+        self.depths.extend(frames[1 + n:] if per_step == 2 else [None] * n)
 
     def attempts_table(self) -> pa.Table:
         hs = self.headers
@@ -200,21 +207,29 @@ class _Columns:
             hi = min(lo + chunk_steps, len(st))
             chunk = {n: a.slice(lo, hi - lo) for n, a in cols.items()}
             chunk["image_jpeg"] = _binary(self.images[lo:hi])
+            chunk["depth_png"] = _binary(self.depths[lo:hi])
             yield pa.table(chunk, schema=STEPS_SCHEMA)
 
 
 def _binary(values: list) -> pa.BinaryArray:
-    """A binary column from bytes-like values with one copy (b"".join), no per-value objects.
+    """A binary column from bytes-like values (None: null) with one copy (b"".join), no
+    per-value objects.
 
     Why not pa.array: given views into a WAL segment (fleet.wal.scan's frames) it used memory
     in proportion to the whole segment, not to the values.
     """
+    nulls = [v is None for v in values]
+    validity = None
+    if any(nulls):
+        valid = ~np.fromiter(nulls, bool, len(values))
+        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        values = [b"" if v is None else v for v in values]
     offsets = np.zeros(len(values) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
     if offsets[-1] >= 2**31:
         raise ValueError("over 2 GiB of binary values in one column chunk")
     return pa.Array.from_buffers(pa.binary(), len(values), [
-        None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))])
+        validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))])
 
 
 def _fixed_lists(rows: list[list], width: int, name: str) -> pa.FixedSizeListArray:
@@ -241,7 +256,8 @@ class _ShardWriter:
                                    attempts.column("num_steps").to_numpy(),
                                    _ROW_GROUPS_PER_WRITE * self.row_group_steps)
         with pq.ParquetWriter(self.tmp[STEPS_DIR], STEPS_SCHEMA, compression={
-                n: ("none" if n == "image_jpeg" else "zstd") for n in STEPS_SCHEMA.names},
+                n: ("none" if n in ("image_jpeg", "depth_png") else "zstd")
+                for n in STEPS_SCHEMA.names},
                 use_dictionary=["attempt_id"],
                 write_statistics=["attempt_id", "step", "stamp"]) as steps_file:
             for table in chunks:
@@ -375,7 +391,7 @@ def warm_up() -> None:
     from the server while robots wait for acks.
     """
     rows = _Columns()
-    rows.images = [b""]
+    rows.images, rows.depths = [b""], [None]
     rows.steps = [{"stamp": 0.0, "ee_pose": [0.0] * 7, "motion": [0.0] * 4, "gripper": 0.0}]
     table = next(rows.steps_tables(pa.array(["warm"]), np.array([1]), 1))
     pq.write_table(table, pa.BufferOutputStream(), compression="zstd")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from fleet.plan import (CONFIG_DIR, camera_flags, fleet_camera, fleet_image_size, load_arms,
-                        node_plan)
+from fleet.plan import (CONFIG_DIR, camera_flags, fleet_camera, fleet_depth, fleet_image_size,
+                        load_arms, node_plan)
 from fleet.supervisor import ChildSpec, Supervisor, SupervisorConfig
 
 log = logging.getLogger("fleet.sim")
@@ -100,6 +100,7 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
             python, "-m", "fleet.learner", "--data", str(store), "--out", str(learner),
             "--min-attempts", str(cfg.learner_min_attempts),
             "--image-size", str(fleet_image_size(arms)), *camera_flags(fleet_camera(arms)),
+            "--depth" if fleet_depth(arms) else "--no-depth",
             "--cycle-every-seconds", str(cfg.learner_cycle_s),
             "--cycle-every-steps", str(cfg.learner_cycle_steps),
             "--method", cfg.learner_method,

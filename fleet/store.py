@@ -379,7 +379,7 @@ def _check_frames_match(attempt: Attempt, frames: list[bytes]) -> None:
     frames), so it looks for the packed `"attempt_id": <id>` pair in the header frame rather
     than decoding the header a second time (a fifth of append's CPU per attempt).
     """
-    if (len(frames) != 1 + len(attempt.steps)
+    if (len(frames) != 1 + (2 if attempt.has_depth else 1) * len(attempt.steps)
             or _ID_KEY + msgpack.packb(attempt.attempt_id) not in frames[0]):
         raise ValueError(
             f"append() got frames that are not fleet.records.encode() of attempt "

@@ -32,6 +32,8 @@ _INDEX_SCHEMA = pa.schema([ATTEMPTS_SCHEMA.field(n) for n in INDEX_COLUMNS]
 _MAX_CHUNKS = 32
 _OPEN_FILES = 32  # steps files kept open by a reader
 _SAMPLE_COLUMNS = ["attempt_id", "step", "stamp", "ee_pose", "motion", "gripper", "image_jpeg"]
+#: Steps column of shard format 2 on; absent from format 1 shards (no depth).
+_DEPTH = "depth_png"
 
 
 @dataclass
@@ -50,6 +52,8 @@ class StepSample:
     num_steps: int
     gripper: float  # finger opening at this step, m
     stamp: float  # robot clock, s
+    #: the image's aligned depth (16-bit PNG of mm, fleet/depth_image.py), None without one
+    depth_png: Optional[bytes] = None
 
 
 @dataclass(frozen=True, order=True)
@@ -74,6 +78,7 @@ class _RowGroup:
     stamp: list[float]
     gripper: list[float]
     image_jpeg: list[bytes]
+    depth_png: list[Optional[bytes]]
     ee_pose: np.ndarray  # (rows, 7) float64
     motion: np.ndarray  # (rows, 4) float64
     nbytes: int  # estimated memory held, for the reader's cache bound
@@ -87,6 +92,7 @@ class _RowGroup:
         rows = table.num_rows
         return cls(attempt_id=d["attempt_id"], step=d["step"], stamp=d["stamp"],
                    gripper=d["gripper"], image_jpeg=d["image_jpeg"],
+                   depth_png=d.get(_DEPTH) or [None] * rows,
                    ee_pose=np.asarray(d["ee_pose"], dtype=np.float64).reshape(rows, 7),
                    motion=np.asarray(d["motion"], dtype=np.float64).reshape(rows, 4),
                    nbytes=table.nbytes + cls._ROW_OVERHEAD * rows)
@@ -237,7 +243,7 @@ class StoreReader:
                     robot_id=arrays["robot_names"][arrays["robot_code"][row]],
                     policy_version=int(arrays["policy_version"][row]), step=group.step[k],
                     num_steps=int(arrays["num_steps"][row]), gripper=group.gripper[k],
-                    stamp=group.stamp[k])
+                    stamp=group.stamp[k], depth_png=group.depth_png[k])
         return out  # type: ignore[return-value]
 
     def _row_group(self, shard_no: int, rg: int) -> "_RowGroup":
@@ -246,7 +252,9 @@ class StoreReader:
         if group is not None:
             self._cache.move_to_end(key)
             return group
-        group = _RowGroup.of(self._steps_file(shard_no).read_row_group(rg, columns=_SAMPLE_COLUMNS))
+        f = self._steps_file(shard_no)
+        columns = _SAMPLE_COLUMNS + ([_DEPTH] if _DEPTH in f.schema_arrow.names else [])
+        group = _RowGroup.of(f.read_row_group(rg, columns=columns))
         self.row_groups_read += 1
         self._cache[key] = group
         self._cached += group.nbytes
@@ -310,9 +318,13 @@ class StoreReader:
         header = _read_rows(self.root / ATTEMPTS_DIR / shard.name,
                             self._attempt_row_in_shard(row), 1, ["header"])["header"][0]
         first, count = t["step_offset"][row].as_py(), t["num_steps"][row].as_py()
-        jpegs = _read_rows(self.root / STEPS_DIR / shard.name, first, count,
-                           ["image_jpeg"])["image_jpeg"].to_pylist()
-        return decode([header.as_py()] + jpegs, max_steps=2**31)
+        path = self.root / STEPS_DIR / shard.name
+        columns = ["image_jpeg"] + ([_DEPTH] if _DEPTH in pq.read_schema(path).names else [])
+        rows = _read_rows(path, first, count, columns)
+        frames = [header.as_py()] + rows["image_jpeg"].to_pylist()
+        if _DEPTH in columns and count and rows[_DEPTH][0].is_valid:
+            frames += rows[_DEPTH].to_pylist()
+        return decode(frames, max_steps=2**31)
 
     def _attempt_row_in_shard(self, row: int) -> int:
         shard_col = self._index["shard"]

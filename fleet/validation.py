@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from fleet.depth_image import DepthImageError, decode_depth_png, png_header_error
 from fleet.protocol import ErrorCode, ProtocolError
 from fleet.records import Attempt, RecordError, decode
 
@@ -205,6 +206,24 @@ def check_images(a: Attempt) -> None:
                              cv2.IMREAD_REDUCED_GRAYSCALE_8)
         if image is None:
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"step {i} image does not decode as JPEG")
+    if a.has_depth:
+        check_depth_images(a)
+
+
+def check_depth_images(a: Attempt) -> None:
+    """Every depth image must be a 16-bit greyscale PNG of the record's image size (signature,
+    IHDR, IEND), and one per attempt, at random, must decode whole (zlib and CRCs)."""
+    height, width = a.image_height, a.image_width
+    for i, s in enumerate(a.steps):
+        problem = png_header_error(s.depth_png, height, width)
+        if problem is not None:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"step {i} depth image {problem}")
+    i = random.randrange(len(a.steps))
+    try:
+        decode_depth_png(a.steps[i].depth_png)
+    except DepthImageError:
+        raise ProtocolError(ErrorCode.BAD_IMAGE,
+                            f"step {i} depth image does not decode as a PNG") from None
 
 
 def validate_record(record_frames: Sequence[bytes], robot_id: str, max_steps: int) -> Attempt:

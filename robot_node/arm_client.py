@@ -9,6 +9,9 @@ the arm's own stamps (not this node's clock) makes the rule hold for a simulated
 stands still between commands, and for a real arm, whose stamps are wall-clock time. Every wait
 is bounded on the steady clock and gives up early on an e-stop, a watchdog trip or shutdown.
 
+With a depth topic (an RGB-D camera's aligned depth), an image counts only once its depth,
+stamped like it and of its size, has arrived too: the observation is the first such pair.
+
 Callbacks run on the executor thread; the grasp loop calls the public methods from its own.
 """
 from __future__ import annotations
@@ -51,6 +54,30 @@ def image_to_array(msg: Image) -> np.ndarray:
     return (img[:, :, ::-1] if msg.encoding == "bgr8" else img).copy()
 
 
+def depth_to_array(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image aligned depth -> (H, W) float32 m, 0 = no return. REP 118: 16UC1 is
+    uint16 mm (what realsense-ros publishes), 32FC1 float32 m; NaN, inf and values <= 0 read
+    as no return."""
+    if msg.encoding == "16UC1":
+        dtype, per_metre = np.dtype(np.uint16), 1000.0
+    elif msg.encoding == "32FC1":
+        dtype, per_metre = np.dtype(np.float32), 1.0
+    else:
+        raise ValueError(f"depth encoding {msg.encoding!r} is not supported; publish 16UC1 "
+                         "(mm) or 32FC1 (m)")
+    dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    row_bytes = msg.width * dtype.itemsize
+    if msg.step < row_bytes or len(msg.data) < msg.step * msg.height:
+        raise ValueError(f"depth image {msg.width}x{msg.height} with step {msg.step} holds "
+                         f"{len(msg.data)} bytes")
+    rows = np.frombuffer(msg.data, dtype=np.uint8, count=msg.step * msg.height)
+    rows = rows.reshape(msg.height, msg.step)[:, :row_bytes]
+    depth = np.ascontiguousarray(rows).view(dtype).reshape(msg.height, msg.width)
+    metres = depth.astype(np.float32) / np.float32(per_metre)
+    metres[~(np.isfinite(metres) & (metres > 0))] = 0.0
+    return metres
+
+
 class RosArm:
     """Implements grasp_loop.Arm over the contract's topics."""
 
@@ -64,6 +91,12 @@ class RosArm:
         self._cond = threading.Condition()
         self._cmd_lock = threading.Lock()
         self._images: deque[tuple[int, np.ndarray]] = deque(maxlen=8)
+        # Aligned depth images by stamp, when the camera gives them (depth_topic): a state's
+        # image takes the depth stamped like it.
+        self._depths: deque[tuple[int, np.ndarray]] = deque(maxlen=8)
+        self.depth_topic: Optional[str] = config.depth_topic if config.has_depth else None
+        self.bad_depths = 0  # of bad_images: depth images refused (encoding, size)
+        self._last_bad_depth = ""
         self._pose: Optional[tuple[int, tuple[float, ...]]] = None
         self._idle_stamp = 0  # newest pose stamp seen twice (a simulated arm at rest)
         # An arm that re-publishes frozen stamps while idle publishes its state only when a
@@ -80,6 +113,9 @@ class RosArm:
         self._tol = min(2_000_000, int(c.command_duration * _NS) // 4)
         node.create_subscription(Image, c.image_topic, self._on_image_msg,
                                  qos_profile_sensor_data)
+        if self.depth_topic is not None:
+            node.create_subscription(Image, self.depth_topic, self._on_depth_msg,
+                                     qos_profile_sensor_data)
         node.create_subscription(PoseStamped, c.ee_pose_topic, self._on_pose, RELIABLE_10)
         node.create_subscription(JointState, c.joint_states_topic, self._on_joints, RELIABLE_10)
         node.create_subscription(String, c.ground_truth_topic, self._on_truth, LATCHED_1)
@@ -102,6 +138,32 @@ class RosArm:
             self._images.append((stamp_ns(msg.header.stamp), img))
             self._cond.notify_all()
         self._on_image()
+
+    def _on_depth_msg(self, msg: Image) -> None:
+        try:
+            depth = depth_to_array(msg)
+        except ValueError as exc:
+            self._bad_depth(str(exc))
+            return
+        with self._cond:
+            colour = self._images[-1][1].shape[:2] if self._images else depth.shape
+            if depth.shape == colour:
+                self._depths.append((stamp_ns(msg.header.stamp), depth))
+                self._cond.notify_all()
+                return
+        self._bad_depth(f"depth image is {depth.shape[1]}x{depth.shape[0]}, the colour image "
+                        f"{colour[1]}x{colour[0]}: publish the depth aligned to the colour "
+                        "image (aligned_depth_to_color)")
+
+    def _bad_depth(self, reason: str) -> None:
+        with self._cond:
+            self.bad_images += 1
+            self.bad_depths += 1
+            first = self._last_bad_depth != reason
+            self._last_bad_depth = reason
+        if first:  # once per distinct reason, not 30 times a second
+            self.node.get_logger().warning(f"[{self.config.arm_id}] ignoring depth images on "
+                                           f"{self.depth_topic}: {reason}")
 
     def _on_pose(self, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
@@ -233,8 +295,10 @@ class RosArm:
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait(self, ready: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Wait (steady clock) until ready() returns something; abort early if interrupted."""
+    def _wait(self, ready: Callable[[], Any], timeout: float, what: str,
+              detail: Callable[[], str] = lambda: "") -> Any:
+        """Wait (steady clock) until ready() returns something; abort early if interrupted.
+        On a timeout the error says `what`, plus detail() (called with _cond held)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -246,24 +310,72 @@ class RosArm:
                     raise AttemptAborted(reason)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ArmTimeout(f"timed out after {timeout:.1f} s waiting for {what}")
+                    raise ArmTimeout(f"timed out after {timeout:.1f} s waiting for {what}"
+                                     f"{detail()}")
                 self._cond.wait(min(left, 0.05))
 
     def _state_at(self, t_ns: int) -> Optional[ArmState]:
-        """The state once pose, joints and an image all reached t_ns (call with _cond held)."""
+        """The state once pose, joints and an image all reached t_ns, and, with a depth topic,
+        the image's aligned depth (stamped like it) has arrived too (call with _cond held)."""
         t = t_ns - self._tol
         if not (self._pose and self._gripper and self._pose[0] >= t and self._gripper[0] >= t):
             return None
-        image = next(((s, img) for s, img in self._images if s >= t), None)
+        image, depth = None, None
+        for stamp, img in self._images:
+            if stamp < t:
+                continue
+            if self.depth_topic is None:
+                image = (stamp, img)
+                break
+            # With depth: the first image at or after t whose depth has arrived (best effort
+            # may drop one of a pair; a later pair then serves).
+            depth = self._depth_for(stamp, img.shape[:2])
+            if depth is not None:
+                image = (stamp, img)
+                break
         if image is None:
-            return None
+            return None  # with depth: maybe not yet, it comes beside the colour image
         return ArmState(image=image[1], image_stamp=image[0] / _NS, ee_pose=self._pose[1],
-                        gripper=self._gripper[1], stamp=self._pose[0] / _NS)
+                        gripper=self._gripper[1], stamp=self._pose[0] / _NS, depth=depth)
+
+    def _depth_for(self, image_ns: int, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+        """The depth image stamped like the colour image (within _tol) and of its size."""
+        return next((d for s, d in self._depths
+                     if abs(s - image_ns) <= self._tol and d.shape == shape), None)
+
+    def _inputs(self) -> str:
+        """What a state is made of, for timeout messages."""
+        depth = f", its aligned depth on {self.depth_topic}" if self.depth_topic else ""
+        return f"ee_pose, joint_states and an image{depth}"
+
+    def _depth_missing(self, t_ns: int) -> str:
+        """Why the depth is what a state still lacks, if it is (call with _cond held)."""
+        if self.depth_topic is None or not self._pose or not self._gripper:
+            return ""
+        t = t_ns - self._tol
+        image = next(((s, img) for s, img in self._images if s >= t), None)
+        if image is None or self._pose[0] < t or self._gripper[0] < t \
+                or self._depth_for(image[0], image[1].shape[:2]) is not None:
+            return ""
+        same_stamp = [d for s, d in self._depths if abs(s - image[0]) <= self._tol]
+        if same_stamp:
+            h, w = same_stamp[-1].shape
+            heard = (f"the one stamped so is {w}x{h}, the image "
+                     f"{image[1].shape[1]}x{image[1].shape[0]}")
+        elif self._depths:
+            heard = f"newest depth stamped {self._depths[-1][0] / _NS:.3f}"
+        else:
+            heard = "no depth image received"
+        bad = (f", {self.bad_depths} refused (last: {self._last_bad_depth})"
+               if self.bad_depths else "")
+        return (f"; no depth image on {self.depth_topic} stamped like the image "
+                f"({image[0] / _NS:.3f}): {heard}{bad}. A camera without depth needs "
+                f"depth_topic:=none")
 
     def _wait_done(self, t_ns: int, timeout: float, what: str) -> ArmState:
         return self._wait(lambda: self._state_at(t_ns), timeout,
-                          f"the {what} to complete (ee_pose, joint_states and an image stamped "
-                          f">= {t_ns / _NS:.3f})")
+                          f"the {what} to complete ({self._inputs()} stamped "
+                          f">= {t_ns / _NS:.3f})", lambda: self._depth_missing(t_ns))
 
     def wait_ready(self, timeout: float) -> ArmState:
         """The current state, once the arm has published an image, a pose and joint states."""
@@ -271,8 +383,13 @@ class RosArm:
             if not (self._pose and self._gripper and self._images):
                 return None
             return self._state_at(max(self._pose[0], self._gripper[0]))
-        return self._wait(ready, timeout, "the arm's image, ee_pose and joint_states "
-                                          f"({self.config.image_topic}, ...)")
+
+        def missing() -> str:
+            if not (self._pose and self._gripper and self._images):
+                return ""
+            return self._depth_missing(max(self._pose[0], self._gripper[0]))
+        return self._wait(ready, timeout, f"the arm's {self._inputs()} "
+                                          f"(image on {self.config.image_topic})", missing)
 
     def ground_truth_after(self, stamp: float, timeout: float) -> Optional[dict[str, Any]]:
         if not self._ever_truth:
@@ -308,7 +425,8 @@ class RosArm:
             raise AttemptAborted(f"{self._reset.srv_name} failed: {response.message}")
         # The arm's state after the reset: stamped later than anything before it.
         self._wait(lambda: self._state_at(before + 1), max(0.1, deadline - time.monotonic()),
-                   "the arm's state after the reset")
+                   f"the arm's state after the reset ({self._inputs()})",
+                   lambda: self._depth_missing(before + 1))
         try:
             return json.loads(response.message) if response.message else {}
         except ValueError:

@@ -58,6 +58,8 @@ class ArmState:
     ee_pose: tuple[float, ...]  # x, y, z, qx, qy, qz, qw in base_link
     gripper: float  # finger opening, m
     stamp: float  # s, the arm's clock: stamp of ee_pose
+    #: (H, W) float32 m, the image's aligned depth, when the camera gives one
+    depth: Optional[np.ndarray] = None
 
 
 class Arm(Protocol):
@@ -160,13 +162,14 @@ class GraspLoop:
                 last = self.arm.gripper(c.gripper_open, c.motion_timeout)
             policy.reset(rng)
             rec.policy_kind = str(policy.kind)  # MixedPolicy knows its kind only after reset
-            initial_image = last.image
+            initial_image, initial_depth = last.image, last.depth
             self._phase("servo")
             for step in range(c.max_steps):
-                decision = self._decide(policy, last, step, initial_image)
+                decision = self._decide(policy, last, step, initial_image, initial_depth)
                 motion = (0.0, 0.0, 0.0, 0.0) if decision.close else \
                     self.workspace.clip_motion(last.ee_pose, decision.motion)
-                rec.add_step(last.image, last.ee_pose, motion, last.gripper, last.image_stamp)
+                rec.add_step(last.image, last.ee_pose, motion, last.gripper, last.image_stamp,
+                             depth=last.depth)
                 if decision.close:
                     break
                 last = self._move(last, motion)
@@ -210,14 +213,15 @@ class GraspLoop:
 
     # ------------------------------------------------------------------ pieces
 
-    def _decide(self, policy: Policy, last: ArmState, step: int, initial_image: np.ndarray):
+    def _decide(self, policy: Policy, last: ArmState, step: int, initial_image: np.ndarray,
+                initial_depth: Optional[np.ndarray] = None):
         self._check()
         c = self.config
         obs = Observation(image=last.image, ee_pose=np.asarray(last.ee_pose, float), step=step,
                           max_steps=c.max_steps,
                           workspace_min=np.asarray(c.workspace_min, float),
                           workspace_max=np.asarray(c.workspace_max, float),
-                          initial_image=initial_image)
+                          initial_image=initial_image, initial_depth=initial_depth)
         self.on_decision(True)
         started = time.monotonic()
         try:

@@ -19,6 +19,12 @@ def _p(default: Any, description: str) -> Any:
     return field(default=default, metadata={"description": description})
 
 
+#: realsense-ros's name (relative to the camera's namespace), and the simulated arm's.
+DEFAULT_DEPTH_TOPIC = "camera/aligned_depth_to_color/image_raw"
+#: depth_topic values meaning "this camera gives no depth".
+NO_DEPTH = ("", "none")
+
+
 class ConfigError(ValueError):
     """A parameter value that cannot work; the message names the parameter and the fix."""
 
@@ -31,6 +37,11 @@ class NodeConfig:
                          "without '/' (e.g. arm1).")
     # Topics and services, relative to the arm's namespace (docs/ros-interfaces.md).
     image_topic: str = _p("camera/image_raw", "sensor_msgs/Image rgb8 camera topic.")
+    depth_topic: str = _p(DEFAULT_DEPTH_TOPIC,
+                          "sensor_msgs/Image aligned depth topic of an RGB-D camera (16UC1 mm "
+                          "or 32FC1 m along the optical axis, 0 = no return; same size and "
+                          "stamps as image_topic), recorded and given to the policy; '' or "
+                          "'none' = the camera has no depth.")
     ee_pose_topic: str = _p("ee_pose", "geometry_msgs/PoseStamped tool pose in base_link.")
     joint_states_topic: str = _p("joint_states", "sensor_msgs/JointState with finger joints.")
     twist_topic: str = _p("servo_node/delta_twist_cmds", "geometry_msgs/TwistStamped servo "
@@ -120,8 +131,21 @@ class NodeConfig:
     robot_secret_key: str = _p("", "Path to this robot's CURVE secret key file.")
     status_period: float = _p(1.0, "Seconds between /diagnostics and status messages.")
 
+    @property
+    def has_depth(self) -> bool:
+        """The camera gives an aligned depth image (depth_topic is set)."""
+        return self.depth_topic.strip().lower() not in NO_DEPTH
+
     def validate(self) -> None:
         """Raise ConfigError naming the first parameter that cannot work."""
+        if self.has_depth:
+            if any(ch.isspace() for ch in self.depth_topic):
+                raise ConfigError(f"depth_topic {self.depth_topic!r} is not a topic name (no "
+                                  "spaces); '' or 'none' if the camera has no depth")
+            if self.depth_topic == self.image_topic:
+                raise ConfigError(f"depth_topic and image_topic are both {self.image_topic!r}: "
+                                  "the depth topic is the camera's aligned depth image (e.g. "
+                                  f"{DEFAULT_DEPTH_TOPIC}), or 'none'")
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         for name in ("command_duration", "gripper_duration", "max_linear_speed", "max_yaw_rate",

@@ -3,8 +3,9 @@ architecture, fleet/policy_factory.py: CEM over the Levine grasp network, or the
 policy), mixed with exploration, or exploration alone before any network exists.
 
 Bundles are looked for between attempts only, so a policy is never swapped mid-attempt. A bundle
-that fails to load (bad checksum, wrong camera size, unknown architecture, ...) is refused with
-its reason logged once; the policy that was running stays in charge.
+that fails to load (bad checksum, wrong camera size, a network that takes depth on a node without
+a depth topic, unknown architecture, ...) is refused with its reason logged once; the policy that
+was running stays in charge.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from fleet.exploration import (AimedDescentPolicy, DescentConfig, MixedPolicy, R
                                RandomPolicy)
 from fleet.policy import Policy, StepLimits
 from fleet.policy_factory import ServoSettings, policy_for
-from robot_node.params import ConfigError, NodeConfig
+from robot_node.params import DEFAULT_DEPTH_TOPIC, ConfigError, NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,15 @@ class PolicyRuntime:
         best = max(dirs, key=lambda d: (_meta_version(d), d.name))
         return _Candidate(best, _fingerprint(best))
 
+    def depth_mismatch(self, meta: BundleMeta) -> Optional[str]:
+        """Why this node cannot run a bundle whose network takes a depth image, or None."""
+        if "depth" not in meta.input_spec or self.config.has_depth:
+            return None
+        return (f"version {meta.version}'s network takes the camera's aligned depth image "
+                f"(input_spec 'depth') but this node has none (depth_topic is "
+                f"{self.config.depth_topic!r}): set the parameter depth_topic to the camera's "
+                f"aligned depth topic (e.g. {DEFAULT_DEPTH_TOPIC}), or train without depth")
+
     def poll(self, force: bool = False) -> Optional[str]:
         """Load a new bundle if one appeared; returns a log line when something changed."""
         now = self._clock()
@@ -164,6 +174,11 @@ class PolicyRuntime:
             reason = str(exc)
             self.refused[cand.fingerprint] = reason
             return (f"refused policy bundle {cand.path}: {reason}; still running policy "
+                    f"version {self.version}")
+        depth_reason = self.depth_mismatch(meta)
+        if depth_reason:
+            self.refused[cand.fingerprint] = depth_reason
+            return (f"refused policy bundle {cand.path}: {depth_reason}; still running policy "
                     f"version {self.version}")
         pinned = cand.fingerprint[-1] == "pinned"
         if self.meta is not None and meta.version <= self.meta.version and not pinned:

@@ -1,5 +1,6 @@
-"""Records one grasp attempt as a `fleet.records.Attempt`: JPEG images, poses, commanded
-motions, gripper readings, the label and (simulation only) the ground truth.
+"""Records one grasp attempt as a `fleet.records.Attempt`: JPEG images (and, from an RGB-D
+camera, each image's aligned depth as a 16-bit PNG of mm), poses, commanded motions, gripper
+readings, the label and (simulation only) the ground truth.
 
 Images are JPEG-compressed as each step is recorded (OpenCV, configurable quality), so the
 attempt in memory is already its wire form and `finish()` costs only the msgpack header.
@@ -13,11 +14,13 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
+from fleet.depth_image import DepthImageError, encode_depth_png
 from fleet.records import Attempt, Step
 
 
 class RecorderError(ValueError):
-    """An image the recorder cannot encode (wrong shape or type)."""
+    """An image the recorder cannot encode (wrong shape or type), or a depth image that does
+    not belong to its colour image."""
 
 
 def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
@@ -55,13 +58,31 @@ class AttemptRecorder:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def add_step(self, image_rgb: np.ndarray, ee_pose: Sequence[float],
-                 motion: Sequence[float], gripper: float, stamp: float) -> Step:
-        """Record what the camera saw before a motion and the motion actually commanded."""
+                 motion: Sequence[float], gripper: float, stamp: float,
+                 depth: Optional[np.ndarray] = None) -> Step:
+        """Record what the camera saw before a motion and the motion actually commanded.
+
+        `depth`: the image's aligned depth, (H, W) float m (or uint16 mm) of the image's size,
+        stored as a 16-bit PNG of mm (0 = no return); every step of an attempt has one or none
+        does (fleet.records)."""
+        image_jpeg = encode_jpeg(image_rgb, self.jpeg_quality)
+        depth_png = None
+        if depth is not None:
+            if np.shape(depth) != image_rgb.shape[:2]:
+                raise RecorderError(f"depth image {np.shape(depth)} is not the colour image's "
+                                    f"size {image_rgb.shape[:2]}")
+            try:
+                depth_png = encode_depth_png(depth)
+            except DepthImageError as exc:
+                raise RecorderError(str(exc)) from None
+        if self.steps and (self.steps[0].depth_png is None) != (depth_png is None):
+            raise RecorderError("a step with depth and one without in the same attempt: "
+                                "every step of an attempt has a depth image or none does")
         self.image_height, self.image_width = int(image_rgb.shape[0]), int(image_rgb.shape[1])
-        step = Step(image_jpeg=encode_jpeg(image_rgb, self.jpeg_quality),
+        step = Step(image_jpeg=image_jpeg,
                     ee_pose=tuple(float(v) for v in ee_pose),
                     motion=tuple(float(v) for v in motion[:4]),
-                    gripper=float(gripper), stamp=float(stamp))
+                    gripper=float(gripper), stamp=float(stamp), depth_png=depth_png)
         self.steps.append(step)
         return step
 

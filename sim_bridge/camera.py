@@ -40,11 +40,21 @@ class Camera:
 
     def render(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB. No segmentation mask: it would cost time nobody uses."""
+        return self.render_rgbd()[0]
+
+    def render_rgbd(self) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 RGB and the aligned (H, W) float32 depth: metres along the optical
+        axis (z of camera_color_optical_frame), as an RGB-D camera's aligned depth image. The
+        renderer fills its depth buffer for every frame anyway: depth costs one conversion."""
         g = self.geometry
-        _, _, rgba, _, _ = p.getCameraImage(
+        _, _, rgba, zbuffer, _ = p.getCameraImage(
             g.width, g.height, self._view, self._projection, renderer=p.ER_TINY_RENDERER,
             flags=p.ER_NO_SEGMENTATION_MASK, physicsClientId=self._client)
-        return np.asarray(rgba, dtype=np.uint8).reshape(g.height, g.width, 4)[:, :, :3].copy()
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(g.height, g.width, 4)[:, :, :3].copy()
+        z = np.asarray(zbuffer, dtype=np.float64).reshape(g.height, g.width)
+        # OpenGL's non-linear depth buffer in [0, 1] -> distance along the optical axis
+        depth = g.far * g.near / (g.far - (g.far - g.near) * z)
+        return rgb, depth.astype(np.float32)
 
     def intrinsics(self) -> tuple[float, float, float, float]:
         """fx, fy, cx, cy in pixels of the pinhole model PyBullet's projection matrix implements

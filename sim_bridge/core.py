@@ -184,6 +184,12 @@ class SimArm:
         self.renders += 1
         return self._camera.render()
 
+    def render_rgbd(self) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 RGB and the aligned (H, W) float32 depth in m along the optical
+        axis, from the same render (an RGB-D camera's color and aligned_depth_to_color)."""
+        self.renders += 1
+        return self._camera.render_rgbd()
+
     def camera_intrinsics(self) -> tuple[float, float, float, float]:
         return self._camera.intrinsics()
 

@@ -148,6 +148,28 @@ def image_msg(rgb: np.ndarray, stamp: Time) -> Image:
     return msg
 
 
+#: REP 118 depth: uint16 millimetres along the optical axis, 0 = no return (what realsense-ros
+#: publishes on aligned_depth_to_color/image_raw).
+DEPTH_ENCODING = "16UC1"
+MAX_DEPTH_MM = 65535  # beyond this a uint16 cannot hold it: published as 0 (no return)
+
+
+def depth_image_msg(depth_m: np.ndarray, stamp: Time) -> Image:
+    """An aligned depth image (H, W) in m -> sensor_msgs/Image 16UC1 of mm (little endian),
+    in the colour camera's frame: pixel (v, u) is the depth of the colour pixel (v, u).
+    NaN, inf, <= 0 or beyond 65.535 m become 0 (no return)."""
+    depth_m = np.asarray(depth_m)
+    if depth_m.ndim != 2:
+        raise ValueError(f"a depth image must be (H, W), got shape {depth_m.shape}")
+    height, width = depth_m.shape
+    mm = np.rint(depth_m.astype(np.float64) * 1000.0)
+    ok = np.isfinite(mm) & (mm > 0) & (mm <= MAX_DEPTH_MM)
+    msg = Image(header=header(stamp, CAMERA_FRAME), height=height, width=width,
+                encoding=DEPTH_ENCODING, is_bigendian=0, step=width * 2)
+    msg.data = np.where(ok, mm, 0).astype("<u2").tobytes()
+    return msg
+
+
 def camera_info_msg(intrinsics: Sequence[float], width: int, height: int,
                     stamp: Time) -> CameraInfo:
     fx, fy, cx, cy = (float(v) for v in intrinsics)

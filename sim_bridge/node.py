@@ -7,11 +7,20 @@ Run it the way `ros2 launch` does:
 (or the console script `sim_arm`).
 
 Concurrency design (why a command that arrives during a reset is rejected, not queued):
-commands run one at a time in one mutually exclusive callback group, in arrival order; the
-reset service runs in a second group, so while a reset holds the arm, incoming commands are
-still taken, and rejected with a WARN (they were aimed at a tray that no longer exists). A
-command stamped before the start of the last reset is dropped as stale for the same reason;
-a zero stamp means "now". PyBullet is not thread-safe, so one lock guards the simulator.
+commands run one at a time, in arrival order, on the node's own single-threaded executor; the
+reset service is served by a second small node in the same process (`<name>_reset`, same
+namespace, so the service is still `sim/reset`) on a second single-threaded executor in its
+own thread, so while a reset holds the arm, incoming commands are still taken, and rejected
+with a WARN (they were aimed at a tray that no longer exists). A command stamped before the
+start of the last reset is dropped as stale for the same reason; a zero stamp means "now".
+PyBullet is not thread-safe, so one lock guards the simulator.
+
+Why two single-threaded executors and not rclpy's MultiThreadedExecutor (which this node used
+until 2026-12-04): in rclpy 9.1.2 (Kilted wheels) its spin loop re-yields callbacks already
+handed to the thread pool and holds the GIL while the pool waits (rclpy issues #1452, #1223;
+fixed upstream by PR #1547). Measured here: a servo command's round trip had a median of
+150-500 ms with stalls of 2-2.7 s (robot_node's 2 s camera watchdog then aborted a third of
+the attempts), against ~10 ms with single-threaded executors.
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock as RosClock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
@@ -47,6 +56,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 # rclpy's TimeSource subscribes to /clock best effort, depth 1: a reliable publisher serves
 # both best-effort and reliable subscribers.
 CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+DEPTH_TOPIC = "camera/aligned_depth_to_color/image_raw"
 
 
 class SimArmNode(Node):
@@ -74,6 +84,10 @@ class SimArmNode(Node):
         self.arm = SimArm(self.settings.sim)
 
         self._pub_image = self.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+        # An RGB-D camera's aligned depth (realsense-ros: aligned_depth_to_color/image_raw):
+        # same QoS, stamp and frame as the colour image, from the same render.
+        self._pub_depth = self.create_publisher(
+            Image, DEPTH_TOPIC, qos_profile_sensor_data) if self.settings.publish_depth else None
         self._pub_info = self.create_publisher(CameraInfo, "camera/camera_info",
                                                qos_profile_sensor_data)
         self._pub_joints = self.create_publisher(JointState, "joint_states", RELIABLE_10)
@@ -92,8 +106,13 @@ class SimArmNode(Node):
         self.create_subscription(Float64MultiArray, "gripper_controller/commands",
                                  self._wrap(m.finger_command, "gripper command"), RELIABLE_10,
                                  callback_group=commands)
-        self.create_service(Trigger, "sim/reset", self._on_reset,
-                            callback_group=MutuallyExclusiveCallbackGroup())
+        # Its own node, spun by its own executor thread (main()): see "Concurrency design".
+        # No global arguments: the launch's `-r __node:=sim_arm` would rename it to this node's
+        # name; the namespace is this node's, so the service resolves to <ns>/sim/reset.
+        self.reset_node = Node(f"{self.get_name()}_reset", namespace=self.get_namespace(),
+                               context=self.context, use_global_arguments=False,
+                               start_parameter_services=False)
+        self.reset_node.create_service(Trigger, "sim/reset", self._on_reset)
         # Wall-clock timers even if someone sets use_sim_time: simulated time stands still
         # while the arm is idle, which is exactly when these must keep firing.
         periodic = MutuallyExclusiveCallbackGroup()
@@ -106,7 +125,9 @@ class SimArmNode(Node):
         names = self._reset_arm()
         self.get_logger().info(
             f"arm {self.arm_id}: simulated arm ready ({self.settings.sim.image_width}x"
-            f"{self.settings.sim.image_height} camera, {self.settings.sim.split} split, "
+            f"{self.settings.sim.image_height} camera"
+            f"{' with aligned depth' if self.settings.publish_depth else ', no depth'}, "
+            f"{self.settings.sim.split} split, "
             f"seed {self.settings.sim.seed}), objects {names}")
 
     # ------------------------------------------------------------------------------- time
@@ -211,15 +232,22 @@ class SimArmNode(Node):
 
         Order matters to clients: the clock first (a client's sim clock is current when it
         sees the state), the image before ee_pose (a client waits for ee_pose, then takes the
-        first image stamped at or after it)."""
+        first image stamped at or after it), and the depth image before the colour image (a
+        client that takes that image finds its depth too). Colour and depth come from one
+        render, so they show the same instant."""
         stamp_ns = self.sim_stamp_ns()
         stamp = m.ns_to_time_msg(stamp_ns)
         c = self.settings.sim
         names, positions, velocities = self.arm.joint_state()
         position, orientation = self.arm.ee_pose()
-        state = [
-            (self._pub_clock, Clock(clock=stamp)),
-            (self._pub_image, m.image_msg(self.arm.render(), stamp)),
+        state: list[tuple[Any, Any]] = [(self._pub_clock, Clock(clock=stamp))]
+        if self._pub_depth is not None:
+            rgb, depth = self.arm.render_rgbd()
+            state.append((self._pub_depth, m.depth_image_msg(depth, stamp)))
+        else:
+            rgb = self.arm.render()
+        state += [
+            (self._pub_image, m.image_msg(rgb, stamp)),
             (self._pub_info, m.camera_info_msg(self.arm.camera_intrinsics(), c.image_width,
                                                c.image_height, stamp)),
             (self._pub_joints, m.joint_state_msg(names, positions, velocities, stamp)),
@@ -310,8 +338,12 @@ def main(args: Optional[list[str]] = None) -> int:
         if not rclpy.ok():  # SIGINT/SIGTERM during start-up shut the context down under us
             return 0
         raise
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor, reset_executor = SingleThreadedExecutor(), SingleThreadedExecutor()
     executor.add_node(node)
+    reset_executor.add_node(node.reset_node)
+    resets = threading.Thread(target=_spin_quietly, args=(reset_executor,), name="sim-reset",
+                              daemon=True)
+    resets.start()
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -322,11 +354,25 @@ def main(args: Optional[list[str]] = None) -> int:
         if rclpy.ok():
             raise
     finally:
+        rclpy.try_shutdown()  # ends the reset thread's spin too
+        resets.join(timeout=10.0)
         executor.shutdown(timeout_sec=10.0)
+        reset_executor.shutdown(timeout_sec=10.0)
         node.close()
+        node.reset_node.destroy_node()
         node.destroy_node()
-        rclpy.try_shutdown()
     return 0
+
+
+def _spin_quietly(executor: SingleThreadedExecutor) -> None:
+    """Spin until the context shuts down (a signal's shutdown is a clean end, as in main)."""
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if rclpy.ok():
+            raise
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class NodeSettings:
     arm_id: str = ""  # empty: the namespace without its slash ("/arm1" -> "arm1")
     idle_publish_rate: float = 2.0  # Hz: state re-published with its frozen stamp when idle
     diagnostics_period: float = 1.0  # s between periodic /diagnostics statuses
+    publish_depth: bool = True  # also the aligned depth image (an RGB-D camera), 16UC1 mm
 
 
 _NODE_PARAMETERS = {
@@ -65,6 +66,10 @@ _NODE_PARAMETERS = {
     "idle_publish_rate": "rate [Hz] at which the last state is re-published, with its frozen "
                          "stamp, while the arm is idle",
     "diagnostics_period": "period [s] of the regular /diagnostics status",
+    "publish_depth": "also publish the aligned depth image on "
+                     "camera/aligned_depth_to_color/image_raw (16UC1, mm along the optical axis, "
+                     "0 = no return; rendered with the colour image, same stamp), as an RGB-D "
+                     "camera does; false: a colour-only camera",
 }
 
 

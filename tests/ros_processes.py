@@ -334,7 +334,7 @@ class RosTestNode:
     """An rclpy node inside the test process, spun by a background executor thread.
 
     Uses its own rclpy Context, so tests never depend on (or break) rclpy's global state.
-    Use as a context manager; callbacks run on executor threads, test code on its own.
+    Use as a context manager; callbacks run on the executor's thread, test code on its own.
     `cli_args` are the node's own `--ros-args` (e.g. a /clock remap), `parameter_overrides`
     rclpy Parameters (e.g. use_sim_time).
     """
@@ -343,14 +343,16 @@ class RosTestNode:
                  parameter_overrides: Optional[list] = None, domain_id: Optional[int] = None,
                  cli_args: Optional[list[str]] = None):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)  # None: ROS_DOMAIN_ID
         self.node = rclpy.create_node(name, namespace=namespace, context=self.context,
                                       parameter_overrides=parameter_overrides or [],
                                       cli_args=cli_args)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        # Single-threaded: rclpy 9.1.2's MultiThreadedExecutor stalls deliveries for up to
+        # ~2 s (see sim_bridge/node.py, "Concurrency design"); callbacks here only store.
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, name=f"{name}-spin", daemon=True)
         self._thread.start()

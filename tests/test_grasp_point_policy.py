@@ -43,7 +43,7 @@ class _Landscape:
 
     needle, hill = np.array([0.45, -0.10]), np.array([0.62, 0.08])
 
-    def prepare(self, image):
+    def prepare(self, image, depth=None):
         def score(grasps: np.ndarray) -> np.ndarray:
             xy = np.asarray(grasps)[:, :2]
             spike = 0.95 * np.exp(-np.sum((xy - self.needle) ** 2, 1) / (2 * 0.001 ** 2))

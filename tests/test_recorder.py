@@ -52,3 +52,38 @@ def test_aborted_attempt_has_no_label():
     attempt = rec.finish("aborted", (0, 0, 0, 0, 0, 0, 1), 0.0, None, abort_reason="timeout")
     back = decode(encode(attempt))
     assert back.label is None and back.extra["abort_reason"] == "timeout"
+
+
+def test_depth_is_recorded_as_a_png_of_millimetres_on_every_step():
+    from fleet.depth_image import decode_depth_png
+
+    rec = AttemptRecorder(robot_id="arm1", policy_version=0, policy_kind="scripted")
+    depth = np.full((64, 64), 0.95, np.float32)
+    depth[:4, :4] = 0.0  # no return stays 0
+    depth[10, 10] = np.nan
+    for i in range(3):
+        rec.add_step(gradient_image(64, seed=i), (0.5, 0.0, 0.3, 0, 0, 0, 1), (0, 0, -0.05, 0),
+                     0.08, 100.0 + 0.1 * i, depth=depth - 0.01 * i)
+    back = decode(encode(rec.finish("failure", (0.5, 0.0, 0.1, 0, 0, 0, 1), 0.0)))
+    assert back.has_depth and all(s.depth_png[:8] == b"\x89PNG\r\n\x1a\n" for s in back.steps)
+    mm = [decode_depth_png(s.depth_png) for s in back.steps]
+    assert all(m.shape == (64, 64) and m.dtype == np.uint16 for m in mm)
+    assert [int(m[32, 32]) for m in mm] == [950, 940, 930]
+    assert (mm[0][:4, :4] == 0).all() and mm[0][10, 10] == 0
+    # Without depth: no PNG, as before (record version 1).
+    plain = AttemptRecorder(robot_id="arm1", policy_version=0, policy_kind="scripted")
+    plain.add_step(gradient_image(64), (0.5, 0.0, 0.3, 0, 0, 0, 1), (0, 0, 0, 0), 0.08, 1.0)
+    assert plain.steps[0].depth_png is None
+
+
+def test_depth_of_another_size_or_on_only_some_steps_is_refused():
+    rec = AttemptRecorder(robot_id="arm1", policy_version=0, policy_kind="scripted")
+    pose, motion = (0.5, 0.0, 0.3, 0, 0, 0, 1), (0, 0, 0, 0)
+    with pytest.raises(RecorderError, match="colour image's size"):
+        rec.add_step(gradient_image(64), pose, motion, 0.08, 1.0,
+                     depth=np.ones((32, 64), np.float32))
+    assert not rec.steps
+    rec.add_step(gradient_image(64), pose, motion, 0.08, 1.0, depth=np.ones((64, 64), np.float32))
+    with pytest.raises(RecorderError, match="every step"):
+        rec.add_step(gradient_image(64), pose, motion, 0.08, 1.1)
+    assert len(rec.steps) == 1

@@ -1,10 +1,12 @@
 """robot_node end to end: a real sim_bridge arm and a real robot_node process over DDS.
 
-One simulated arm serves the whole module; each test starts its own robot_node (own spool) and
-stops it again. Done criteria of the robot_node issue: attempts complete, are labelled, spooled
-and agree with the simulator's ground truth; an e-stop halts motion and holds until released;
-a corrupt bundle is refused while collection goes on; the workspace holds under a policy asking
-for absurd motions; `kill -9` leaves only complete attempts in the spool; SIGINT exits cleanly.
+One simulated arm serves the whole module (a second, colour-only one serves one test); each test
+starts its own robot_node (own spool) and stops it again. Done criteria of the robot_node issue:
+attempts complete, are labelled, spooled (with each image's aligned depth) and agree with the
+simulator's ground truth; a colour-only camera runs with depth_topic none (and without it, says
+so); an e-stop halts motion and holds until released; a corrupt bundle is refused while
+collection goes on; the workspace holds under a policy asking for absurd motions; `kill -9`
+leaves only complete attempts in the spool; SIGINT exits cleanly.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 from geometry_msgs.msg import PoseStamped
 from std_msgs.msg import Bool, String
 
+from fleet.depth_image import decode_depth_png
 from fleet.records import decode
 from robot_node.node import STATUS_QOS
 from robot_node.spool import Spool, unpack_frames
@@ -45,12 +48,13 @@ def client(sim_arm):
         yield node
 
 
-def start_robot(group, spool: Path, **params):
+def start_robot(group, spool: Path, namespace: str = NS, **params):
     base = {"use_sim_time": True, "spool_dir": str(spool), "max_steps": 20, "seed": 7}
     env = dict(group.env, PYTHONPATH=os.pathsep.join(
         [str(TESTS_DIR), group.env.get("PYTHONPATH", "")]))
-    return group.start_node("robot_node.node", "robot_node", namespace=NS,
-                            params={**base, **params}, remaps=CLOCK, env=env)
+    return group.start_node("robot_node.node", "robot_node", namespace=namespace,
+                            params={**base, **params}, remaps={"/clock": f"{namespace}/clock"},
+                            env=env)
 
 
 def spooled(spool: Path) -> list:
@@ -82,7 +86,40 @@ def test_attempts_are_labelled_spooled_and_agree_with_ground_truth(sim_arm, tmp_
         assert a.image_height == a.image_width == 64
         stamps = [s.stamp for s in a.steps]
         assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)  # fresh image/step
+        # The sim's camera is RGB-D: every step carries its image's aligned depth (mm PNG).
+        for step in a.steps:
+            mm = decode_depth_png(step.depth_png)
+            assert mm.shape == (64, 64) and (mm > 0).mean() > 0.95
+            assert 700 <= np.median(mm) <= 1400, np.median(mm)  # the tray, ~0.9-1.4 m away
     assert "stopped after" in robot.log_text()
+
+
+def test_a_colour_only_camera_needs_depth_topic_none_and_then_runs_without_depth(
+        ros_processes, tmp_path):
+    """A second arm whose camera has no depth (publish_depth:=false): robot_node's default
+    depth topic never speaks, so no state is complete and the timeout says what to set; with
+    depth_topic:=none attempts run and are recorded without depth."""
+    ns = "/arm2"
+    sim = ros_processes.start_node("sim_bridge.node", "sim_arm", namespace=ns,
+                                   params={"num_objects": 3, "seed": 5, "publish_depth": False},
+                                   remaps={"/clock": f"{ns}/clock"})
+    sim.wait_for_log("simulated arm ready", 90)
+    waiting = start_robot(ros_processes, tmp_path / "spool-a", namespace=ns, reset_timeout=2.0)
+    waiting.wait_for_log("depth_topic:=none", 60)
+    waiting.stop()
+    log = waiting.log_text()
+    assert "aborted" in log and "camera/aligned_depth_to_color/image_raw" in log, log
+    assert not list((tmp_path / "spool-a").glob("*.attempt"))  # no step ran
+    spool = tmp_path / "spool-b"
+    robot = start_robot(ros_processes, spool, namespace=ns, depth_topic="none",
+                        motion_mode="pose", max_steps=4, exploration_max_step=0.3,
+                        max_attempts=3)
+    robot.wait_for_log("state: idle", 90)
+    robot.stop()
+    attempts = spooled(spool)
+    assert len(attempts) == 3 and all(a.outcome != "aborted" for a in attempts), \
+        [a.extra.get("abort_reason") for a in attempts]
+    assert all(not a.has_depth and a.steps for a in attempts)
 
 
 def test_estop_halts_motion_and_holds_until_every_source_releases(sim_arm, client, tmp_path):

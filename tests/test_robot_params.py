@@ -53,6 +53,20 @@ def test_bad_values_are_refused_by_name(change, fragment):
         NodeConfig(**change).validate()
 
 
+def test_depth_topic_none_or_empty_means_no_depth_and_bad_names_are_refused():
+    assert NodeConfig().has_depth
+    assert NodeConfig().depth_topic == "camera/aligned_depth_to_color/image_raw"
+    for off in ("", "none", "None", " none "):
+        config = NodeConfig(depth_topic=off)
+        config.validate()
+        assert not config.has_depth, off
+    NodeConfig(depth_topic="/camera/camera/aligned_depth_to_color/image_raw").validate()
+    with pytest.raises(ConfigError, match="depth_topic"):
+        NodeConfig(depth_topic="camera/image_raw").validate()  # the colour topic
+    with pytest.raises(ConfigError, match="depth_topic"):
+        NodeConfig(depth_topic="camera/aligned depth").validate()
+
+
 def test_yaml_has_a_shared_block_and_per_arm_blocks_of_known_parameters():
     data = yaml.safe_load(CONFIG.read_text())
     assert "/**" in data and "/arm1/robot_node" in data

@@ -48,6 +48,30 @@ def test_wrong_camera_size_is_refused(tmp_path):
     assert "input spec" in rt.poll(force=True) and rt.version == 0
 
 
+def test_a_depth_network_is_refused_on_a_node_without_depth(tmp_path):
+    """A bundle whose network takes the aligned depth image (input_spec 'depth') cannot run on
+    an arm whose camera gives none: refused, naming the parameter to set; the previous policy
+    keeps running. With a depth topic the same bundle loads."""
+    from fleet.grasp_point import GraspPointConfig, GraspPointNet
+
+    def depth_bundle(path: Path, version: int) -> None:
+        torch.manual_seed(version)
+        save_bundle(path, GraspPointNet(GraspPointConfig(image_height=64, image_width=64,
+                                                         use_depth=True)), version=version)
+
+    rt = PolicyRuntime(NodeConfig(arm_id="arm1", bundle_path=str(tmp_path), depth_topic="none",
+                                  exploration_share=0.0))
+    bundle(tmp_path / "v1", 1)  # colour only: runs anywhere
+    assert "version 1" in rt.poll(force=True) and rt.version == 1
+    depth_bundle(tmp_path / "v2", 2)
+    msg = rt.poll(force=True)
+    assert msg.startswith("refused policy bundle") and "depth_topic" in msg, msg
+    assert "still running policy version 1" in msg and rt.version == 1
+    assert rt.current().kind == "cem" and rt.poll(force=True) is None  # logged once
+    with_depth = PolicyRuntime(NodeConfig(arm_id="arm1", bundle_path=str(tmp_path)))
+    assert "loaded" in with_depth.poll(force=True) and with_depth.version == 2
+
+
 def test_a_pin_rolls_back_to_an_older_bundle(tmp_path):
     rt = runtime(tmp_path)
     bundle(tmp_path / "v1", 1)

@@ -124,7 +124,7 @@ def test_admitted_robot_cannot_upload_as_another(server):
     ([msgpack.packb({"v": 1, "seq": 1})], P.ErrorCode.MALFORMED),
     ([P.pack(P.MsgType.ACK, 1)], P.ErrorCode.UNKNOWN_TYPE),
     ([P.pack(P.MsgType.UPLOAD, 1), b"\x00" * 10], P.ErrorCode.BAD_RECORD),
-    ([P.pack(P.MsgType.UPLOAD, 1)] + [b"x"] * 300, P.ErrorCode.TOO_LARGE),
+    ([P.pack(P.MsgType.UPLOAD, 1)] + [b"x"] * 600, P.ErrorCode.TOO_LARGE),
 ])
 def test_malformed_requests_get_a_named_error(server, frames, code):
     s = _raw_dealer(zmq.Context.instance(), server.endpoint,

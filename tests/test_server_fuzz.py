@@ -82,7 +82,7 @@ def mutated_uploads(draw):
         elif op == "soi_garbage" and len(frames) > 2:  # an image frame that is no JPEG
             frames[draw(st.integers(2, len(frames) - 1))] = b"\xff\xd8" + draw(st.binary())
         elif op == "many_frames":
-            frames += [b"\xff\xd8"] * draw(st.integers(250, 400))
+            frames += [b"\xff\xd8"] * draw(st.integers(500, 700))  # over max_frames (514)
     return frames or [b""]
 
 

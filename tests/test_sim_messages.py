@@ -50,6 +50,42 @@ def test_default_parameter_file_matches_the_simulator_defaults() -> None:
         expected = getattr(defaults, name)
         expected = list(expected) if isinstance(expected, tuple) else expected
         assert params.pop(name) == expected, name
-    for name in ("arm_id", "idle_publish_rate", "diagnostics_period"):
+    for name in ("arm_id", "idle_publish_rate", "diagnostics_period", "publish_depth"):
         assert params.pop(name) == getattr(own, name), name
     assert not params, f"parameters the node does not declare: {sorted(params)}"
+
+
+def test_depth_image_is_16uc1_millimetres_and_robot_node_reads_it_back() -> None:
+    """The aligned depth as the sim publishes it (REP 118 16UC1: uint16 mm, 0 = no return) and
+    as robot_node reads it (float32 m), both sides of the contract."""
+    from robot_node.arm_client import depth_to_array
+
+    depth = np.full((3, 4), 0.9567, np.float32)
+    depth[0, :] = [math.nan, math.inf, -1.0, 70.0]  # no return: NaN, inf, negative, > 65.535 m
+    msg = messages.depth_image_msg(depth, messages.ns_to_time_msg(1_700_000_000_123_456_789))
+    assert (msg.width, msg.height, msg.encoding, msg.step, msg.is_bigendian) == \
+        (4, 3, "16UC1", 8, 0)
+    assert msg.header.frame_id == "camera_color_optical_frame"
+    assert messages.time_msg_ns(msg.header.stamp) == 1_700_000_000_123_456_789
+    mm = np.frombuffer(bytes(msg.data), "<u2").reshape(3, 4)
+    assert (mm[0] == 0).all() and (mm[1:] == 957).all()
+    back = depth_to_array(msg)
+    assert back.dtype == np.float32 and back.shape == (3, 4)
+    assert (back[0] == 0).all() and np.allclose(back[1:], 0.957)
+
+
+def test_robot_node_reads_32fc1_big_endian_and_padded_rows_and_refuses_other_encodings() -> None:
+    from robot_node.arm_client import depth_to_array
+    from sensor_msgs.msg import Image
+
+    metres = np.array([[1.25, math.nan, 0.5], [0.0, -2.0, 2.5]], ">f4")
+    msg = Image(height=2, width=3, encoding="32FC1", is_bigendian=1, step=16)  # 4 bytes padding
+    msg.data = b"".join(row.tobytes() + b"\xff" * 4 for row in metres)
+    assert depth_to_array(msg).tolist() == [[1.25, 0.0, 0.5], [0.0, 0.0, 2.5]]
+    little = Image(height=1, width=2, encoding="16UC1", is_bigendian=0, step=4)
+    little.data = np.array([1500, 0], "<u2").tobytes()
+    assert depth_to_array(little).tolist() == [[1.5, 0.0]]
+    for bad in (Image(height=1, width=2, encoding="mono16", step=4, data=bytes(4)),
+                Image(height=2, width=2, encoding="16UC1", step=4, data=bytes(4))):  # short
+        with pytest.raises(ValueError, match="depth"):
+            depth_to_array(bad)

@@ -25,11 +25,12 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from sim_bridge.core import SimConfig
+from sim_bridge.core import SimArm, SimConfig
 from sim_bridge.messages import from_time_msg, time_msg_ns
 from sim_bridge.objects import is_test_object
 
 NS = "/arm1"
+DEPTH_TOPIC = "camera/aligned_depth_to_color/image_raw"
 PARAMS_FILE = REPO_ROOT / "config" / "sim_arm.yaml"
 WIDTH, HEIGHT = 48, 40  # not the default: proves the parameters reach the camera
 FOV_DEG = 37.0  # likewise (camera_info's focal length follows it)
@@ -47,6 +48,7 @@ class SimClient:
         self.node = node
         self.process = process
         self.images = node.subscribe(Image, f"{NS}/camera/image_raw", qos_profile_sensor_data)
+        self.depths = node.subscribe(Image, f"{NS}/{DEPTH_TOPIC}", qos_profile_sensor_data)
         self.infos = node.subscribe(CameraInfo, f"{NS}/camera/camera_info",
                                     qos_profile_sensor_data)
         self.joints = node.subscribe(JointState, f"{NS}/joint_states")
@@ -151,6 +153,43 @@ def test_publishes_images_camera_info_and_joint_states(sim: SimClient) -> None:
     assert list(joints.name) == [f"panda_joint{i}" for i in range(1, 8)] + \
         ["panda_finger_joint1", "panda_finger_joint2"]
     assert len(joints.position) == len(joints.velocity) == 9
+
+
+def test_publishes_the_aligned_depth_with_the_colour_images_stamp(sim: SimClient) -> None:
+    """An RGB-D camera's aligned depth, as realsense-ros publishes it: 16UC1 mm along the
+    optical axis, the colour image's size, frame, stamp and QoS; rendered with it."""
+    before = time_msg_ns(sim.latest_pose().header.stamp)
+    sim.reset()  # the arm home, fingers open, one object in the tray
+    pose = sim.poses.wait(TIMEOUT, lambda p: time_msg_ns(p.header.stamp) > before,
+                          "the state after the reset")
+    stamp = pose.header.stamp
+    image = sim.images.wait(TIMEOUT, lambda m: m.header.stamp == stamp, "the state's image")
+    depth = sim.depths.wait(TIMEOUT, lambda m: m.header.stamp == stamp, "the image's depth")
+    assert (depth.width, depth.height, depth.encoding) == (WIDTH, HEIGHT, "16UC1")
+    assert depth.is_bigendian == 0 and depth.step == WIDTH * 2
+    assert depth.header.frame_id == image.header.frame_id == "camera_color_optical_frame"
+    mm = np.frombuffer(bytes(depth.data), "<u2").reshape(HEIGHT, WIDTH).astype(int)
+    assert (mm > 0).all(), "no-return pixels in a closed scene"
+    assert 900 <= np.median(mm) <= 1400, f"the tray is 0.9-1.4 m away, median {np.median(mm)} mm"
+    # The same camera in this process, empty tray, arm home: every pixel but the object's
+    # agrees to the millimetre (a flip, a transpose or metres for millimetres would not).
+    reference = SimArm(SimConfig(image_width=WIDTH, image_height=HEIGHT, num_objects=0,
+                                 camera_fov_deg=FOV_DEG))
+    try:
+        reference.reset()
+        _, ref_m = reference.render_rgbd()
+    finally:
+        reference.close()
+    same = np.abs(mm - np.rint(ref_m * 1000)) <= 2
+    assert same.mean() > 0.8, f"only {same.mean():.0%} of pixels match SimArm.render_rgbd"
+    # Same QoS as the colour image (sensor data: best effort, volatile).
+    qos = {topic: sim.node.node.get_publishers_info_by_topic(f"{NS}/{topic}")[0].qos_profile
+           for topic in ("camera/image_raw", DEPTH_TOPIC)}
+    a, b = qos.values()
+    assert (a.reliability, a.durability, a.history) == (b.reliability, b.durability, b.history)
+    # After a motion, the depth of the state's image comes with it (published before it).
+    pose = sim.servo([0.0, 0.0, -0.05])
+    sim.depths.wait(5.0, lambda m: m.header.stamp == pose.header.stamp, "the motion's depth")
 
 
 def test_idle_state_is_republished_with_a_frozen_stamp(sim: SimClient) -> None:
@@ -327,10 +366,15 @@ def test_wrong_parameter_type_exits_with_a_clear_message(ros_processes: ProcessG
     assert "max_linear_speed" in log and "decimal point" in log, log
 
 
-def test_sigterm_exits_cleanly(ros_processes: ProcessGroup) -> None:
+def test_sigterm_exits_cleanly(ros_processes: ProcessGroup, ros_node: RosTestNode) -> None:
+    """(Started with publish_depth:=false: a colour-only camera has no depth publisher.)"""
     proc = ros_processes.start_node("sim_bridge.node", "sim_arm_term", namespace="/arm8",
-                                    params={"num_objects": 0})
+                                    params={"num_objects": 0, "publish_depth": False})
     proc.wait_for_log("simulated arm ready", 60.0)
+    images = ros_node.subscribe(Image, "/arm8/camera/image_raw", qos_profile_sensor_data)
+    images.wait(TIMEOUT, what="an image of the colour-only camera")
+    assert ros_node.node.count_publishers(f"/arm8/{DEPTH_TOPIC}") == 0
+    assert "no depth" in proc.log_text()
     os.killpg(proc.pgid, signal.SIGTERM)
     wait_for(lambda: not proc.alive(), 10.0, "exit after SIGTERM")
     assert proc.popen.returncode == 0, proc.log_text()
