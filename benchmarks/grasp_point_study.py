@@ -39,18 +39,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grasp_harness import InProcessArm  # noqa: E402
 
 from fleet.dataset import decode_rgb  # noqa: E402
+from fleet.depth_image import decode_depth_png  # noqa: E402
 from fleet.evaluate import wilson_interval  # noqa: E402
 from fleet.exploration import MixedPolicy  # noqa: E402
 from fleet.grasp_point import GraspPointConfig, GraspPointNet  # noqa: E402
 from fleet.grasp_point_learner import GraspPointLearner, closing_grasps  # noqa: E402
 from fleet.grasp_point_policy import GraspPointPolicy  # noqa: E402
 from fleet.learner import TrainingOptions  # noqa: E402
-from robot_node.grasp_loop import ArmState, GraspLoop  # noqa: E402
+from robot_node.grasp_loop import GraspLoop  # noqa: E402
 from robot_node.params import NodeConfig  # noqa: E402
 from robot_node.policy_runtime import make_exploration  # noqa: E402
 from sim_bridge.core import SimArm, SimConfig  # noqa: E402
 
 CACHE = Path("/tmp/grasp_point_study")
+#: 2: depth is step 0's recorded PNG (1 took it from the arm state before the first step)
+CACHE_FORMAT = 2
 FIELDS = ("image", "depth", "grasp", "label")
 
 
@@ -79,12 +82,6 @@ class Job:
     share: float = 0.0  # exploration share beside the network
 
 
-def depth_mm(depth: np.ndarray) -> np.ndarray:
-    """Float m -> uint16 mm, the recorded form (0 = no return)."""
-    return np.clip(np.nan_to_num(depth * 1000.0, nan=0.0, posinf=0.0), 0, 65535).astype(
-        np.uint16)
-
-
 def run_job(job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     node = NodeConfig(arm_id=f"study{job.seed}", image_width=job.image_size,
@@ -102,17 +99,8 @@ def run_job(job: Job) -> dict[str, Any]:
                         workspace_max=tuple(node.workspace_max))
     rows: dict[str, list] = {k: [] for k in FIELDS}
     meta: list[dict[str, Any]] = []
-    depths: list[np.ndarray] = []
     with SimArm(sim_cfg) as sim:
         arm = InProcessArm(sim)
-        original = arm.wait_ready
-
-        def wait_ready(timeout: float) -> ArmState:  # I_0's depth: the attempt's first state
-            state = original(timeout)
-            depths.append(state.depth)
-            return state
-
-        arm.wait_ready = wait_ready  # type: ignore[method-assign]
         attempts: list = []
         loop = GraspLoop(node, arm, attempts.append)
         rng = np.random.default_rng(job.seed)
@@ -124,7 +112,7 @@ def run_job(job: Job) -> dict[str, Any]:
                 continue
             rows["image"].append(decode_rgb(a.steps[0].image_jpeg, job.image_size,
                                             job.image_size))
-            rows["depth"].append(depth_mm(depths[-1]))
+            rows["depth"].append(decode_depth_png(a.steps[0].depth_png))  # I_0's, as stored
             rows["grasp"].append(closing_grasps(np.asarray(a.final_pose))[0])
             rows["label"].append(float(a.label))
             meta.append({"label": bool(a.label), "kind": a.policy_kind,
@@ -152,14 +140,15 @@ def jobs_for(split: str, seed: int, n: int, image_size: int, chunk: int = 25,
             for k in range(math.ceil(n / chunk))]
 
 
-def exploration_data(n: int, seed: int, image_size: int, workers: int) -> dict[str, Any]:
+def exploration_data(n: int, seed: int, image_size: int, workers: int,
+                     cache: Path = CACHE) -> dict[str, Any]:
     """n random_descent attempts on train objects, cached on disk."""
-    path = CACHE / f"explore-{n}-{seed}-{image_size}.npz"
+    path = cache / f"explore-v{CACHE_FORMAT}-{n}-{seed}-{image_size}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return {"arrays": {k: z[k] for k in FIELDS}, "meta": json.loads(str(z["meta"]))}
     data = run_jobs(jobs_for("train", seed, n, image_size), workers)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, meta=json.dumps(data["meta"]), **data["arrays"])
     return data
 
@@ -211,6 +200,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--eval-seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--cache", type=Path, default=CACHE,
+                   help=f"exploration data cache (default {CACHE})")
     p.add_argument("--quick", action="store_true",
                    help="40 exploration attempts, 1 round of 10, 10 eval attempts (~1 min)")
     args = p.parse_args(argv)
@@ -221,7 +212,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         p.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
     t0 = time.time()
-    base = exploration_data(args.explore, args.seed, args.image_size, args.workers)
+    base = exploration_data(args.explore, args.seed, args.image_size, args.workers, args.cache)
     print(f"exploration: {len(base['meta'])} attempts, {rate(base['meta'])['success']:.2f} "
           f"success ({time.time() - t0:.0f} s)", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -263,8 +254,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     best = max(names, key=lambda n: results[n][-1]["success"])
     final = results[best][-1]
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
-                                         "results": results}, indent=2, default=str))
+        args.json.write_text(json.dumps({"args": vars(args), "results": results}, indent=2,
+                                        default=str))
     print(f"grasp_point_study: {final['success'] / max(ref, 1e-9):.2f} x ({best} "
           f"{final['success']:.2f} vs {names[0]} {ref:.2f} on unseen objects after "
           f"{final['attempts']} attempts) (target > 1)")

@@ -99,9 +99,11 @@ def samples_of_attempt(attempt: Attempt) -> list[StepSample]:
             for i, s in enumerate(attempt.steps)]
 
 
-def labelled_attempt_counts(reader: StoreReader, val_fraction: float) -> tuple[int, int]:
-    """(training, validation) attempts that have a label and at least one step."""
-    t = reader.attempts()
+def labelled_attempt_counts(reader: StoreReader, val_fraction: float,
+                            require_depth: bool = False) -> tuple[int, int]:
+    """(training, validation) attempts that have a label and at least one step (and, with
+    require_depth, depth images: the only ones a depth network can learn from)."""
+    t = reader.attempts(depth=True if require_depth else None)
     ids = t["attempt_id"].to_pylist()
     ok = [lab is not None and n > 0
           for lab, n in zip(t["label"].to_pylist(), t["num_steps"].to_pylist())]
@@ -124,7 +126,7 @@ class StoreBatches:
                  start_batch: int, val_fraction: float, recent_weight: float = 0.0,
                  refresh_seconds: float = 5.0, cache_bytes: int = 128 * 2**20,
                  block_batches: int = 8, frame_cache_bytes: int = 512 * 2**20,
-                 first_step_only: bool = False) -> None:
+                 first_step_only: bool = False, require_depth: bool = False) -> None:
         self.root = Path(root)
         self.collate = collate
         self.batch_size = batch_size
@@ -135,13 +137,15 @@ class StoreBatches:
         self.cache_bytes = cache_bytes
         self.block_batches = block_batches
         self.first_step_only = first_step_only
+        self.require_depth = require_depth  # draw only attempts with depth, read their depth
         self.frames = FrameCache(frame_cache_bytes)  # one per process: each worker gets a copy
         self._block: tuple[int, list[StepSample]] = (-1, [])
 
     def __iter__(self) -> Iterator[tuple[int, Batch]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        reader = StoreReader(self.root, cache_bytes=self.cache_bytes)
+        reader = StoreReader(self.root, cache_bytes=self.cache_bytes,
+                             include_depth=self.require_depth)
         refreshed = time.monotonic()
         k = self.start_batch + worker
         try:
@@ -176,7 +180,8 @@ class StoreBatches:
         want = self.batch_size * self.block_batches
         draw = int(want / max(1e-3, 1.0 - self.val_fraction) * 1.1) + 8
         for tries in range(1000):
-            for s in reader.sample_steps(draw, rng, self.recent_weight, self.first_step_only):
+            for s in reader.sample_steps(draw, rng, self.recent_weight, self.first_step_only,
+                                         self.require_depth):
                 if not is_validation(s.attempt_id, self.val_fraction):
                     keep.append(s)
                     if len(keep) == want:
@@ -215,7 +220,7 @@ class ValidationSet:
 
     def __init__(self, reader: StoreReader, collate: Collate, val_fraction: float,
                  max_attempts: int, batch_size: int, first_step_only: bool = False,
-                 newest: bool = False) -> None:
+                 newest: bool = False, require_depth: bool = False) -> None:
         self.reader = reader
         self.collate = collate
         self.val_fraction = val_fraction
@@ -223,14 +228,15 @@ class ValidationSet:
         self.batch_size = batch_size
         self.first_step_only = first_step_only
         self.newest = newest
+        self.require_depth = require_depth
         self.attempt_ids: list[str] = []
         self._samples: dict[str, list[StepSample]] = {}
         self._batches: list[dict[str, torch.Tensor]] = []
         self.examples = 0
 
     def _held_out(self) -> list[str]:
-        """Labelled held-out attempts with steps, in store order."""
-        t = self.reader.attempts()
+        """Labelled held-out attempts with steps (and depth, if required), in store order."""
+        t = self.reader.attempts(depth=True if self.require_depth else None)
         return [aid for aid, label, n in zip(t["attempt_id"].to_pylist(), t["label"].to_pylist(),
                                              t["num_steps"].to_pylist())
                 if label is not None and n > 0 and is_validation(aid, self.val_fraction)]

@@ -13,7 +13,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from fleet.records import PNG_SIGNATURE
 #: Depth beyond this (mm) does not fit uint16; recorded as 0 (no return).
 MAX_MM = 65535
 #: zlib level of the recorder's PNGs: 1 costs ~1/3 of the default's time for ~10% more bytes.

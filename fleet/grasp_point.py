@@ -219,6 +219,8 @@ class DepthToHeight(nn.Module):
         self.eye_z, self.scale = float(eye[2]), float(cfg.height_scale)
 
     def forward(self, depth: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) depth in m -> height above z = 0 over height_scale, clamped to [0, 1]
+        (the network's input range; higher than height_scale saturates)."""
         valid = torch.isfinite(depth) & (depth > 0)
         z = self.eye_z + torch.where(valid, depth, torch.zeros_like(depth)) * self.k
         return torch.where(valid, z / self.scale, torch.zeros_like(z)).clamp_(0.0, 1.0)

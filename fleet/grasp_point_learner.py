@@ -1,12 +1,13 @@
 """The grasp-point learner: supervised grasp success on (I_0, where and how the gripper closed).
 
 One example per labelled attempt: the pre-grasp image I_0 (the attempt's first recorded step)
-and, for a network with use_depth, its aligned depth image, the closing pose's x, y and yaw (final_pose: where the gripper really closed, contact stops and
-all, not where the policy aimed) and the gripper's label, trained with binary cross-entropy on
+and, for a network with use_depth, its aligned depth image; the closing pose's x, y and yaw
+(final_pose: where the gripper really closed, contact stops and all, not where the policy
+aimed) and the gripper's label, trained with binary cross-entropy on
 the grasp-point network's logit (fleet/grasp_point.py). Beside the Levine learner
 (fleet/learner.py) it plugs into the same machinery (fleet/learner_loop.py: store streams,
 DDP, checkpoints, the publish rule) through fleet.learner_api.Learner; `first_step_only` tells
-the machinery to draw only step 0 of each attempt.
+the machinery to draw only step 0 of each attempt, `requires_depth` only attempts with depth.
 
 Augmentations are the gripper's exact symmetries, drawn per example: a half turn of the yaw
 (the same grasp) and a left-right / up-down mirror of the patch (the mirrored scene grasped the
@@ -19,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -39,7 +41,9 @@ def closing_grasps(final_poses: np.ndarray) -> np.ndarray:
 
 
 def depth_batch(samples: Sequence[StepSample], height: int, width: int) -> torch.Tensor:
-    """The samples' recorded depth images -> uint16 (B, 1, H, W) mm (0 = no return)."""
+    """The samples' recorded depth images -> uint16 (B, 1, H, W) mm (0 = no return). One of
+    another size is resized as decode_rgb resizes colour, nearest neighbour so that no-return
+    zeros are not blended into real depths."""
     out = np.zeros((len(samples), 1, height, width), np.uint16)
     for i, s in enumerate(samples):
         if s.depth_png is None:
@@ -49,8 +53,7 @@ def depth_batch(samples: Sequence[StepSample], height: int, width: int) -> torch
                 f"without depth (fleet learn --no-depth)")
         depth = decode_depth_png(s.depth_png)
         if depth.shape != (height, width):
-            raise ValueError(f"attempt {s.attempt_id}: depth image {depth.shape[1]}x"
-                             f"{depth.shape[0]}, the network takes {width}x{height}")
+            depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
         out[i, 0] = depth
     return torch.from_numpy(out)
 
@@ -91,6 +94,8 @@ class GraspPointLearner(SupervisedLearner):
                          self.options.positive_weight, self.options.ema_decay)
         self.collate = GraspPointCollate(network.image_height, network.image_width,
                                          network.use_depth)
+        #: the learner loop then draws only attempts that carry depth (learner_loop.py)
+        self.requires_depth = network.use_depth
 
     def forward_batch(self, model: nn.Module, batch: Batch,
                       generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -65,7 +65,10 @@ class GraspPointScorer:
     def __init__(self, model: GraspPointNet) -> None:
         self.model = model.eval()
 
-    def prepare(self, image: np.ndarray, depth: Optional[np.ndarray] = None):
+    def prepare(self, image: np.ndarray, depth: Optional[np.ndarray] = None
+                ) -> Callable[[np.ndarray], np.ndarray]:
+        """A scoring function for this observation: grasps (N, 3) -> p(success) (N,). The
+        image (and depth) tensors are built once, since CEM scores hundreds of grasps on it."""
         cfg = self.model.config
         if image.shape != (cfg.image_height, cfg.image_width, 3):
             raise ValueError(

@@ -61,6 +61,12 @@ def first_step_only(learner: Learner) -> bool:
     return bool(getattr(learner, "first_step_only", False))
 
 
+def requires_depth(learner: Learner) -> bool:
+    """Whether the method's network takes depth: it then learns only from attempts that carry
+    depth images, and the others (older or colour-only robots) are left out, with a warning."""
+    return bool(getattr(learner, "requires_depth", False))
+
+
 class LearnerRun:
     """One learner process (one rank). `run()` returns when steps are done or on a signal."""
 
@@ -89,6 +95,7 @@ class LearnerRun:
         self._attempts_counted: tuple[float, int] = (-math.inf, 0)
         self._waiting_since: Optional[float] = None
         self._wait_logged = -math.inf
+        self._without_depth_warned = 0  # attempts without depth last warned about
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -133,13 +140,35 @@ class LearnerRun:
             raise CheckpointError(
                 f"{self.cfg.out} holds a checkpoint of learner {state.get('learner_name')!r}, "
                 f"not {self.learner.name!r}: pass another --out directory")
-        self.learner.load_state_dict(state["learner"])
+        try:
+            self.learner.load_state_dict(state["learner"])
+        except RuntimeError as exc:  # torch: missing/unexpected keys, size mismatch
+            first = str(exc).strip().splitlines()
+            raise CheckpointError(
+                f"{self.cfg.out} holds a checkpoint of another network shape "
+                f"({first[-1].strip()[:200]}): "
+                f"it was trained with other network settings (--depth/--no-depth, "
+                f"--image-size, the camera, the layer sizes); pass another --out directory, "
+                f"or the settings it was trained with") from None
         self.step = self.last_checkpoint_step = int(state["step"])
         self.last_published_step = int(state.get("last_published_step", -1))
         if int(state.get("world_size", 1)) != self.world:
             log.warning("checkpoint was written by %s ranks, running %d: data streams differ",
                         state.get("world_size"), self.world)
         log.info("rank %d: resumed from %s at step %d", self.rank, self.cfg.out, self.step)
+
+    def _warn_attempts_without_depth(self, reader: StoreReader, usable: int) -> None:
+        """Say once (and again when the number grows tenfold) that labelled attempts without
+        depth are left out: a robot with no depth topic, or data from before depth."""
+        if not requires_depth(self.learner) or self.rank != 0:
+            return
+        total = sum(labelled_attempt_counts(reader, self.cfg.val_fraction))
+        left_out = total - usable
+        if left_out > 0 and left_out >= 10 * self._without_depth_warned:
+            log.warning("%d of %d labelled attempts in %s have no depth images and are not "
+                        "trained on (this network takes depth): give every arm an RGB-D camera, "
+                        "or train without depth (--no-depth)", left_out, total, self.cfg.data)
+            self._without_depth_warned = max(1, left_out)
 
     def _wait_for_data(self) -> bool:
         """Block until the store holds min_attempts labelled attempts; False if told to stop."""
@@ -155,7 +184,9 @@ class LearnerRun:
                 continue
             self.reader = reader
             reader.refresh()
-            train, val = labelled_attempt_counts(reader, self.cfg.val_fraction)
+            train, val = labelled_attempt_counts(reader, self.cfg.val_fraction,
+                                                 requires_depth(self.learner))
+            self._warn_attempts_without_depth(reader, train + val)
             if train + val >= self.cfg.min_attempts and train > 0:
                 log.info("rank %d: store %s holds %d labelled attempts (%d train, %d val)",
                          self.rank, self.cfg.data, train + val, train, val)
@@ -171,7 +202,8 @@ class LearnerRun:
         assert self.reader is not None
         self.valset = ValidationSet(self.reader, self.learner.collate, self.cfg.val_fraction,
                                     self.cfg.val_max_attempts, self.cfg.batch_size,
-                                    first_step_only(self.learner), self.cfg.val_newest)
+                                    first_step_only(self.learner), self.cfg.val_newest,
+                                    requires_depth(self.learner))
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             logdir = self.cfg.logdir or self.cfg.out / "tensorboard"
@@ -184,7 +216,8 @@ class LearnerRun:
                           recent_weight=self.cfg.recent_weight,
                           refresh_seconds=self.cfg.refresh_seconds,
                           frame_cache_bytes=self.cfg.frame_cache_mb * 2**20,
-                          first_step_only=first_step_only(self.learner))
+                          first_step_only=first_step_only(self.learner),
+                          require_depth=requires_depth(self.learner))
         return stream_batches(ds, self.cfg.workers, self.cfg.prefetch,
                               pin_memory=self.device.type == "cuda")
 
@@ -218,8 +251,8 @@ class LearnerRun:
         if now - self._attempts_counted[0] >= self.cfg.poll_seconds:
             assert self.reader is not None
             self.reader.refresh()
-            self._attempts_counted = (now, labelled_attempt_counts(self.reader,
-                                                                   self.cfg.val_fraction)[0])
+            self._attempts_counted = (now, labelled_attempt_counts(
+                self.reader, self.cfg.val_fraction, requires_depth(self.learner))[0])
         over = trained >= ratio * self._attempts_counted[1]
         if over and self._waiting_since is None:
             self._waiting_since = now
@@ -331,7 +364,9 @@ class LearnerRun:
         cand = self.learner.evaluate(batches)
         pointer = read_pointer(self.cfg.out)
         service = self._service_metrics(pointer, batches)
-        train_n, val_n = labelled_attempt_counts(self.reader, self.cfg.val_fraction)
+        train_n, val_n = labelled_attempt_counts(self.reader, self.cfg.val_fraction,
+                                                 requires_depth(self.learner))
+        self._warn_attempts_without_depth(self.reader, train_n + val_n)
         log.info("step %d: validation on %d steps of %d attempts: loss %.4f acc %.3f auc %.3f"
                  "%s", self.step, self.valset.examples, len(self.valset.attempt_ids),
                  cand["loss"], cand.get("accuracy", math.nan), cand.get("auc", math.nan),

@@ -88,6 +88,7 @@ class Attempt:
 
     @property
     def has_depth(self) -> bool:
+        """Whether the steps carry depth images (a record checks it is all of them or none)."""
         return bool(self.steps) and self.steps[0].depth_png is not None
 
 
@@ -116,7 +117,8 @@ def header_of(attempt: Attempt) -> dict[str, Any]:
     if any((s.depth_png is not None) != depth for s in attempt.steps):
         raise RecordError("either every step of an attempt has a depth image or none does")
     header = {
-        "record_version": 2 if depth else 1,
+        # version 1 without depth: a server of the previous release still takes such robots
+        "record_version": RECORD_VERSION if depth else 1,
         "attempt_id": attempt.attempt_id,
         "robot_id": attempt.robot_id,
         "policy_version": attempt.policy_version,
@@ -166,7 +168,10 @@ def decode(frames: list[bytes], max_steps: int = 1000) -> Attempt:
         raise RecordError(
             f"record_version {version!r} is not supported (this build reads "
             f"{', '.join(map(str, READ_VERSIONS))}); upgrade the older side")
-    depth = h.get("depth", False) if version >= 2 else False
+    if version < 2 and "depth" in h:
+        raise RecordError("depth is a record_version 2 field: a version 1 header cannot carry "
+                          "depth images (write record_version 2)")
+    depth = h.get("depth", False)
     if type(depth) is not bool:
         raise RecordError("depth must be true or false")
     steps_h = h.get("steps")

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS_DIR = "attempts"
 STEPS_DIR = "steps"
-#: 2 added the steps column depth_png; a reader takes 1 too (no depth: the column is absent).
+#: 2 added the steps column depth_png and the attempts column depth; a reader takes 1 too (no
+#: depth: both columns are absent, read_index fills depth with false).
 SHARD_FORMAT_VERSION = "2"
 _SHARD_RE = re.compile(r"^part-(\d{12})\.parquet$")
 
@@ -62,6 +63,7 @@ ATTEMPTS_SCHEMA = pa.schema([
     ("image_height", pa.int32()),
     ("image_width", pa.int32()),
     ("num_steps", pa.int32()),
+    ("depth", pa.bool_()),  # its steps carry depth images (depth_png); false: colour only
     ("step_offset", pa.int64()),  # row of the attempt's first step in the shard's steps file
     ("encoded_bytes", pa.int64()),  # size of the attempt as uploaded (all frames)
     ("ground_truth_json", pa.string()),  # simulation only, evaluation only; null on real arms
@@ -133,6 +135,7 @@ class _Columns:
         self.steps: list[dict] = []  # every step's header map, in shard order
         self.images: list[bytes] = []
         self.depths: list = []  # per step: PNG bytes, or None (an attempt without depth)
+        self.has_depth: list[bool] = []  # per attempt
         self.ids: set[str] = set()
 
     def add(self, frames: list[bytes], stored_at: float) -> None:
@@ -142,16 +145,19 @@ class _Columns:
             return
         self.ids.add(h["attempt_id"])
         n = len(h["steps"])
-        per_step = 2 if h.get("depth") else 1
+        # the rule of records.decode, which the server applied before logging it
+        per_step = 2 if h["record_version"] >= 2 and h.get("depth") is True else 1
         if per_step * n != len(frames) - 1:
-            raise ValueError(f"attempt {h['attempt_id']!r}: {n} steps but "
-                             f"{len(frames) - 1} image frames in the log")
+            raise ValueError(f"attempt {h['attempt_id']!r}: {n} steps"
+                             f"{' with depth' if per_step == 2 else ''} need "
+                             f"{per_step * n} image frames, but the log holds {len(frames) - 1}")
         self.headers.append(h)
         self.header_frames.append(frames[0])
         self.stored_at.append(stored_at)
         self.encoded_bytes.append(sum(map(len, frames)))
         self.steps.extend(h["steps"])
         self.images.extend(frames[1:1 + n])
+        self.has_depth.append(per_step == 2)
         self.depths.extend(frames[1 + n:] if per_step == 2 else [None] * n)
 
     def attempts_table(self) -> pa.Table:
@@ -174,6 +180,7 @@ class _Columns:
             "image_height": [h["image_height"] for h in hs],
             "image_width": [h["image_width"] for h in hs],
             "num_steps": counts,
+            "depth": self.has_depth,
             "step_offset": offsets,
             "encoded_bytes": self.encoded_bytes,
             "ground_truth_json": [_json_or_none(h.get("ground_truth")) for h in hs],
@@ -410,5 +417,13 @@ def remove_temp_files(root: Path) -> None:
 
 
 def read_index(root: Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """The attempt-level columns of one shard (no images, no raw header by default)."""
-    return pq.read_table(root / ATTEMPTS_DIR / name, columns=columns or INDEX_COLUMNS)
+    """The attempt-level columns of one shard (no images, no raw header by default), in that
+    order; a format 1 shard's missing depth column reads as false (it has no depth images)."""
+    path = root / ATTEMPTS_DIR / name
+    want = columns or INDEX_COLUMNS
+    with pq.ParquetFile(path) as f:
+        have = f.schema_arrow.names
+        table = f.read(columns=[c for c in want if c in have])
+    if "depth" in want and "depth" not in have:
+        table = table.append_column("depth", pa.array(np.zeros(table.num_rows, bool)))
+    return table.select(want)

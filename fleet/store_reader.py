@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fleet.records import Attempt, decode
-from fleet.shards import ATTEMPTS_DIR, ATTEMPTS_SCHEMA, INDEX_COLUMNS, STEPS_DIR, list_shards
+from fleet.shards import (ATTEMPTS_DIR, ATTEMPTS_SCHEMA, INDEX_COLUMNS, STEPS_DIR, list_shards,
+                          read_index)
 
 _INDEX_SCHEMA = pa.schema([ATTEMPTS_SCHEMA.field(n) for n in INDEX_COLUMNS]
                           + [pa.field("shard", pa.int32())])
@@ -106,15 +107,21 @@ class _Shard:
 
 
 class StoreReader:
-    """Read-only view of a store directory; needs only pyarrow/numpy. Not thread-safe."""
+    """Read-only view of a store directory; needs only pyarrow/numpy. Not thread-safe.
 
-    def __init__(self, root: Path, cache_bytes: int = 256 * 2**20) -> None:
+    include_depth=False: sampled steps come without their depth images (depth_png None), so a
+    learner that takes no depth does not read, cache and ship a column it ignores.
+    """
+
+    def __init__(self, root: Path, cache_bytes: int = 256 * 2**20,
+                 include_depth: bool = True) -> None:
         self.root = Path(root)
         if not (self.root / ATTEMPTS_DIR).is_dir():
             raise FileNotFoundError(
                 f"{self.root} is not an episode store (no {ATTEMPTS_DIR}/ directory); pass the "
                 f"directory given to the data server as its store root")
         self.cache_bytes = cache_bytes
+        self.include_depth = include_depth
         self._shards: list[_Shard] = []
         self._known: set[str] = set()
         self._index = _INDEX_SCHEMA.empty_table()
@@ -135,7 +142,7 @@ class StoreReader:
                 continue
             steps_meta = pq.ParquetFile(self.root / STEPS_DIR / name).metadata
             counts = [steps_meta.row_group(i).num_rows for i in range(steps_meta.num_row_groups)]
-            table = pq.read_table(self.root / ATTEMPTS_DIR / name, columns=INDEX_COLUMNS)
+            table = read_index(self.root, name)
             shard_no = len(self._shards)
             table = table.append_column("shard", pa.array(
                 np.full(table.num_rows, shard_no, dtype=np.int32))).cast(_INDEX_SCHEMA)
@@ -153,12 +160,14 @@ class StoreReader:
 
     def attempts(self, robot_id: Optional[str] = None, policy_version: Optional[int] = None,
                  since: Optional[float] = None, until: Optional[float] = None,
-                 label: Optional[bool] = None, outcome: Optional[str] = None) -> pa.Table:
+                 label: Optional[bool] = None, outcome: Optional[str] = None,
+                 depth: Optional[bool] = None) -> pa.Table:
         """The attempt index (no images), in store order, filtered.
 
         since/until bound `stored_at` (unix s, server clock), since inclusive, until exclusive.
         label=True/False selects successes/failures (aborted attempts have no label);
-        outcome selects "success", "failure" or "aborted". `.to_pandas()` for a DataFrame.
+        outcome selects "success", "failure" or "aborted"; depth=True/False those with/without
+        depth images. `.to_pandas()` for a DataFrame.
         """
         t = self._index
         mask = None
@@ -168,7 +177,8 @@ class StoreReader:
                 None if since is None else pc.greater_equal(t["stored_at"], since),
                 None if until is None else pc.less(t["stored_at"], until),
                 None if label is None else pc.equal(t["label"], label),
-                None if outcome is None else pc.equal(t["outcome"], outcome)):
+                None if outcome is None else pc.equal(t["outcome"], outcome),
+                None if depth is None else pc.equal(t["depth"], depth)):
             if cond is not None:
                 mask = cond if mask is None else pc.and_(mask, cond)
         t = t if mask is None else t.filter(mask)
@@ -185,6 +195,7 @@ class StoreReader:
             robots = pc.dictionary_encode(t["robot_id"]).combine_chunks()
             self._arrays = {
                 "rows": np.flatnonzero(labelled & (num_steps > 0)),
+                "depth": t["depth"].to_numpy(zero_copy_only=False),
                 "num_steps": num_steps,
                 "label": t["label"].to_numpy(zero_copy_only=False),
                 "shard": t["shard"].to_numpy(),
@@ -199,22 +210,27 @@ class StoreReader:
 
     def sample_steps(self, n: int, rng: np.random.Generator,
                      recent_weight: float = 0.0,
-                     first_step_only: bool = False) -> list[StepSample]:
+                     first_step_only: bool = False,
+                     require_depth: bool = False) -> list[StepSample]:
         """n steps drawn with replacement from labelled (not aborted) attempts.
 
         recent_weight=0: every stored step is equally likely. recent_weight=w > 0: a step's
         weight grows linearly with its attempt's position in store order, the newest attempt's
         steps (1 + w) times as likely as the oldest's. first_step_only: only step 0 of each
         attempt (its pre-grasp image), every attempt equally likely (before recent_weight).
+        require_depth: only attempts that carry depth images (the others are not drawn).
         Reads only the row groups it needs.
         """
         if recent_weight < 0:
             raise ValueError("recent_weight must be >= 0")
         arrays = self._sampling_arrays()
         rows = arrays["rows"]
+        if require_depth:
+            rows = rows[arrays["depth"][rows]]
         num_steps = arrays["num_steps"][rows]
         if len(rows) == 0:
-            raise LookupError(f"store {self.root} has no labelled attempts with steps yet")
+            raise LookupError(f"store {self.root} has no labelled attempts with steps"
+                              f"{' and depth images' if require_depth else ''} yet")
         weights = np.ones(len(rows)) if first_step_only else num_steps.astype(np.float64)
         if recent_weight and len(rows) > 1:
             weights *= 1.0 + recent_weight * np.arange(len(rows)) / (len(rows) - 1)
@@ -253,7 +269,8 @@ class StoreReader:
             self._cache.move_to_end(key)
             return group
         f = self._steps_file(shard_no)
-        columns = _SAMPLE_COLUMNS + ([_DEPTH] if _DEPTH in f.schema_arrow.names else [])
+        read_depth = self.include_depth and _DEPTH in f.schema_arrow.names
+        columns = _SAMPLE_COLUMNS + ([_DEPTH] if read_depth else [])
         group = _RowGroup.of(f.read_row_group(rg, columns=columns))
         self.row_groups_read += 1
         self._cache[key] = group

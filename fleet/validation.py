@@ -212,18 +212,19 @@ def check_images(a: Attempt) -> None:
 
 def check_depth_images(a: Attempt) -> None:
     """Every depth image must be a 16-bit greyscale PNG of the record's image size (signature,
-    IHDR, IEND), and one per attempt, at random, must decode whole (zlib and CRCs)."""
+    IHDR, IEND); step 0's (I_0's depth, the one the grasp-point learner reads) and one other at
+    random must decode whole (zlib and CRCs), since a PNG decoder refuses a corrupt one."""
     height, width = a.image_height, a.image_width
     for i, s in enumerate(a.steps):
         problem = png_header_error(s.depth_png, height, width)
         if problem is not None:
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"step {i} depth image {problem}")
-    i = random.randrange(len(a.steps))
-    try:
-        decode_depth_png(a.steps[i].depth_png)
-    except DepthImageError:
-        raise ProtocolError(ErrorCode.BAD_IMAGE,
-                            f"step {i} depth image does not decode as a PNG") from None
+    for i in sorted({0, random.randrange(len(a.steps))}):
+        try:
+            decode_depth_png(a.steps[i].depth_png)
+        except DepthImageError:
+            raise ProtocolError(ErrorCode.BAD_IMAGE,
+                                f"step {i} depth image does not decode as a PNG") from None
 
 
 def validate_record(record_frames: Sequence[bytes], robot_id: str, max_steps: int) -> Attempt:

@@ -35,8 +35,17 @@ class Camera:
         self._client = client
         g = geometry
         self._view = p.computeViewMatrix(g.eye, g.target, (0, 0, 1), physicsClientId=client)
-        self._projection = p.computeProjectionMatrixFOV(
-            g.vertical_fov_deg, g.width / g.height, g.near, g.far, physicsClientId=client)
+        projection = list(p.computeProjectionMatrixFOV(
+            g.vertical_fov_deg, g.width / g.height, g.near, g.far, physicsClientId=client))
+        # TinyRenderer samples pixel (r, c) along the ray through (c + 1, r + 1) of a pinhole
+        # with its principal point at (W/2, H/2) (measured: ray casts against the rendered
+        # depth), half a pixel off the model intrinsics() states, where pixel c covers
+        # [c, c + 1) and is seen through its centre c + 0.5. An off-centre frustum (the clip
+        # matrix's third column, column-major [8], [9]) moves the image by half a pixel on both
+        # axes, so that the images follow intrinsics() exactly.
+        projection[8] += 1.0 / g.width
+        projection[9] += 1.0 / g.height
+        self._projection = projection
 
     def render(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB. No segmentation mask: it would cost time nobody uses."""
@@ -57,8 +66,9 @@ class Camera:
         return rgb, depth.astype(np.float32)
 
     def intrinsics(self) -> tuple[float, float, float, float]:
-        """fx, fy, cx, cy in pixels of the pinhole model PyBullet's projection matrix implements
-        (square pixels: the FOV is vertical and the aspect ratio is W/H)."""
+        """fx, fy, cx, cy in pixels of the pinhole model the rendered images follow (square
+        pixels: the FOV is vertical and the aspect ratio is W/H). Pixel c covers [c, c + 1), as
+        in robot_node's camera model, so the principal point (W/2, H/2) is the image centre."""
         g = self.geometry
         fy = g.height / (2.0 * math.tan(math.radians(g.vertical_fov_deg) / 2.0))
         return fy, fy, g.width / 2.0, g.height / 2.0

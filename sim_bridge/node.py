@@ -34,7 +34,6 @@ from typing import Any, Callable, Optional
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock as RosClock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -96,16 +95,13 @@ class SimArmNode(Node):
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_10)
         self._pub_clock = self.create_publisher(Clock, "/clock", CLOCK_QOS)  # remap per arm
 
-        commands = MutuallyExclusiveCallbackGroup()
+        # One SingleThreadedExecutor runs these one at a time: no callback groups needed.
         self.create_subscription(TwistStamped, "servo_node/delta_twist_cmds",
-                                 self._wrap(m.twist_command, "twist"), RELIABLE_10,
-                                 callback_group=commands)
+                                 self._wrap(m.twist_command, "twist"), RELIABLE_10)
         self.create_subscription(PoseStamped, "servo_node/pose_target_cmds",
-                                 self._wrap(m.pose_command, "pose target"), RELIABLE_10,
-                                 callback_group=commands)
+                                 self._wrap(m.pose_command, "pose target"), RELIABLE_10)
         self.create_subscription(Float64MultiArray, "gripper_controller/commands",
-                                 self._wrap(m.finger_command, "gripper command"), RELIABLE_10,
-                                 callback_group=commands)
+                                 self._wrap(m.finger_command, "gripper command"), RELIABLE_10)
         # Its own node, spun by its own executor thread (main()): see "Concurrency design".
         # No global arguments: the launch's `-r __node:=sim_arm` would rename it to this node's
         # name; the namespace is this node's, so the service resolves to <ns>/sim/reset.
@@ -115,12 +111,11 @@ class SimArmNode(Node):
         self.reset_node.create_service(Trigger, "sim/reset", self._on_reset)
         # Wall-clock timers even if someone sets use_sim_time: simulated time stands still
         # while the arm is idle, which is exactly when these must keep firing.
-        periodic = MutuallyExclusiveCallbackGroup()
         steady = RosClock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(1.0 / self.settings.idle_publish_rate, self._on_idle,
-                          callback_group=periodic, clock=steady)
+                          clock=steady)
         self.create_timer(self.settings.diagnostics_period, self._publish_status,
-                          callback_group=periodic, clock=steady)
+                          clock=steady)
 
         names = self._reset_arm()
         self.get_logger().info(
@@ -345,14 +340,7 @@ def main(args: Optional[list[str]] = None) -> int:
                               daemon=True)
     resets.start()
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # A signal's shutdown can land while the executor builds its wait set, which then
-        # fails with "context is not valid" instead of ExternalShutdownException.
-        if rclpy.ok():
-            raise
+        _spin_quietly(executor)
     finally:
         rclpy.try_shutdown()  # ends the reset thread's spin too
         resets.join(timeout=10.0)
@@ -365,12 +353,14 @@ def main(args: Optional[list[str]] = None) -> int:
 
 
 def _spin_quietly(executor: SingleThreadedExecutor) -> None:
-    """Spin until the context shuts down (a signal's shutdown is a clean end, as in main)."""
+    """Spin until the context shuts down: a signal's shutdown is a clean end."""
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
+        # A signal's shutdown can land while the executor builds its wait set, which then
+        # fails with "context is not valid" instead of ExternalShutdownException.
         if rclpy.ok():
             raise
 

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from fleet import validation as V
 from fleet.bundle import load_bundle
+from fleet.dataset import labelled_attempt_counts
 from fleet.depth_image import (DepthImageError, decode_depth_png, encode_depth_png,
                                png_header_error)
 from fleet.grasp_point import GraspPointConfig, GraspPointNet, camera_axes
 from fleet.grasp_point_learner import GraspPointCollate
 from fleet.grasp_point_policy import GraspPointPolicy
 from fleet.learner import LearnerConfig, run
+from fleet.checkpoint import CheckpointError
 from fleet.network import images_to_tensor
 from fleet.policy_factory import policy_for
 from fleet.protocol import ErrorCode, ProtocolError
@@ -132,6 +135,10 @@ def test_a_record_with_depth_is_version_2_and_one_without_stays_version_1():
         decode(frames[:-1])
     with pytest.raises(RecordError, match="depth image is not a PNG"):
         decode(frames[:-1] + [GREY])
+    v1_with_depth = msgpack.unpackb(frames[0])
+    v1_with_depth["record_version"] = 1  # v1 has no depth: its frames would not add up
+    with pytest.raises(RecordError, match="version 1 header cannot carry depth"):
+        decode([msgpack.packb(v1_with_depth)] + frames[1:])
     mixed = block_attempt(rng)
     mixed.steps[1].depth_png = None
     with pytest.raises(RecordError, match="every step"):
@@ -148,11 +155,16 @@ def test_the_server_refuses_a_bad_depth_image_and_names_it():
     for bad, words in ((small, "is 32x32, the record declares 64x64"),
                        (corrupt, "does not decode")):
         frames = encode(good)
-        frames[-1] = bad
-        with pytest.raises(ProtocolError, match=words) as err:
-            for _ in range(20):  # the whole-decode check picks one image at random
+        frames[-1] = bad  # the last step's
+        with pytest.raises(ProtocolError, match="step 1 depth image " + words) as err:
+            for _ in range(20):  # the whole-decode check adds one later image at random
                 V.validate_upload(frames, "arm1", 256)
         assert err.value.code == ErrorCode.BAD_IMAGE
+    frames = encode(good)
+    frames[1 + len(good.steps)] = corrupt  # I_0's depth, which the learner reads: every time
+    for _ in range(5):
+        with pytest.raises(ProtocolError, match="step 0 depth image does not decode"):
+            V.validate_upload(frames, "arm1", 256)
 
 
 def test_the_store_keeps_depth_beside_attempts_without_it_and_pandas_reads_it(tmp_path):
@@ -168,12 +180,41 @@ def test_the_store_keeps_depth_beside_attempts_without_it_and_pandas_reads_it(tm
     for s in samples:
         assert s.depth_png == by_id[s.attempt_id].steps[s.step].depth_png
     assert {s.depth_png is None for s in samples} == {True, False}
+    # a depth learner draws only the attempts with depth, and counts only those
+    assert reader.attempts(depth=True)["attempt_id"].to_pylist() == \
+        [a.attempt_id for a in attempts if a.has_depth]
+    assert sum(labelled_attempt_counts(reader, 0.0, require_depth=True)) == 3
+    assert sum(labelled_attempt_counts(reader, 0.0)) == 6
+    drawn = reader.sample_steps(40, np.random.default_rng(1), require_depth=True)
+    assert all(by_id[s.attempt_id].has_depth and s.depth_png is not None for s in drawn)
     reader.close()
+    # a colour-only learner does not read the depth column at all
+    colour = StoreReader(tmp_path, include_depth=False)
+    assert all(s.depth_png is None for s in colour.sample_steps(40, np.random.default_rng(0)))
+    colour.close()
     steps = pd.read_parquet(tmp_path / "steps")
     assert steps["depth_png"].isna().sum() == 3 * 2
     first = steps.dropna(subset=["depth_png"]).iloc[0]["depth_png"]
     assert cv2.imdecode(np.frombuffer(first, np.uint8), cv2.IMREAD_UNCHANGED).shape == \
         (SIZE, SIZE)
+
+
+def test_a_format_1_shard_reads_as_attempts_without_depth(tmp_path):
+    """Shards written before depth have neither the steps' depth_png nor the attempts' depth
+    column; a reader of today fills depth with false and samples them as colour only."""
+    rng = np.random.default_rng(5)
+    attempts = [block_attempt(rng, depth=False) for _ in range(4)]
+    with Store(StoreConfig(root=tmp_path, min_free_bytes=0)) as store:
+        store.append([(a, encode(a)) for a in attempts])
+    for d, column in (("attempts", "depth"), ("steps", "depth_png")):
+        (path,) = (tmp_path / d).glob("part-*.parquet")
+        pq.write_table(pq.read_table(path).drop_columns([column]), path)
+    reader = StoreReader(tmp_path)
+    assert reader.attempts()["depth"].to_pylist() == [False] * 4
+    assert all(s.depth_png is None for s in reader.sample_steps(8, np.random.default_rng(0)))
+    with pytest.raises(LookupError, match="depth images"):
+        reader.sample_steps(8, np.random.default_rng(0), require_depth=True)
+    reader.close()
 
 
 # -- the height channel -------------------------------------------------------------------------
@@ -237,6 +278,9 @@ def test_a_depth_learner_finds_a_block_that_colour_does_not_show(tmp_path):
     root = tmp_path / "store"
     rng = np.random.default_rng(4)
     with Store(StoreConfig(root=root, min_free_bytes=0)) as store:
+        # first, attempts of a robot with no depth camera: the depth learner leaves them out
+        store.append([(a, encode(a)) for a in (block_attempt(rng, depth=False)
+                                               for _ in range(100))])
         store.append([(a, encode(a)) for a in (block_attempt(rng) for _ in range(400))])
     cfg = LearnerConfig(data=root, out=tmp_path / "run", steps=300, batch_size=32,
                         min_attempts=10, cycle_every_steps=100, log_every_steps=50,
@@ -256,3 +300,36 @@ def test_a_depth_learner_finds_a_block_that_colour_does_not_show(tmp_path):
                                        block_scene_depth(CFG, block))
         misses.append(float(np.linalg.norm(grasp[:2] - block)))
     assert np.median(misses) < 0.02, misses
+    # the same --out without depth: the checkpoint's network has another shape; say so
+    with pytest.raises(CheckpointError, match="another network shape.*--depth/--no-depth"):
+        run(replace(cfg, depth=False))
+
+
+def test_the_height_channel_of_the_simulated_camera_gives_true_heights():
+    """PyBullet's depth buffer, linearised (sim_bridge/camera.py), through the network's camera
+    model (DepthToHeight): the floor outside the tray must read 0 and the top of a box standing
+    in the tray its true height. Catches depth that is not along the optical axis or a network
+    camera model that is not the simulated camera's."""
+    import pybullet
+    from sim_bridge.config import SimConfig
+    from sim_bridge.core import SimArm
+    top = 0.115
+    with SimArm(SimConfig(num_objects=0, seed=0, image_width=SIZE, image_height=SIZE)) as arm:
+        arm.reset()
+        half = [0.03, 0.03, (top - arm.config.tray_floor_z) / 2]
+        c = arm._client
+        pybullet.createMultiBody(
+            0, pybullet.createCollisionShape(pybullet.GEOM_BOX, halfExtents=half,
+                                             physicsClientId=c),
+            pybullet.createVisualShape(pybullet.GEOM_BOX, halfExtents=half, physicsClientId=c),
+            (0.55, 0.0, top - half[2]), physicsClientId=c)
+        _, depth = arm.render_rgbd()
+    height = GraspPointNet(CFG).height(torch.tensor(depth)[None, None])[0, 0].numpy()
+    height = height * CFG.height_scale
+    floor = np.concatenate([height[-4:, :4].ravel(), height[-4:, -4:].ravel()])  # near corners
+    assert np.abs(floor).max() < 0.002, floor
+    eye, d, _ = ray_coefficients(CFG)  # the pixels whose rays meet the box's top, 5 mm in
+    hit = eye + ((top - eye[2]) / d[..., 2])[..., None] * d
+    on_top = np.all(np.abs(hit[..., :2] - (0.55, 0.0)) < half[0] - 0.005, axis=-1)
+    assert on_top.sum() > 10
+    np.testing.assert_allclose(height[on_top], top, atol=0.002)

@@ -107,3 +107,25 @@ def test_failure_diagnostic_measures_a_bundle_against_the_planner(tmp_path):
     bad = subprocess.run([PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--policy",
                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "pass a bundle directory" in bad.stderr
+
+
+@pytest.mark.slow
+def test_grasp_point_study_quick_compares_variants_on_the_same_scenes(tmp_path):
+    """benchmarks/grasp_point_study.py --quick as a user runs it: exploration data, then per
+    variant train, evaluate on test objects, collect with its own policy; a table and the
+    headline as the last line, and the JSON per variant and round."""
+    out = tmp_path / "study.json"
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / "grasp_point_study.py"), "--quick",
+         "--cache", str(tmp_path / "cache"), "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("grasp_point_study: ") and last.endswith("(target > 1)"), last
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"rgb", "rgbd"}
+    for rows in results.values():
+        assert [r["attempts"] for r in rows] == sorted(r["attempts"] for r in rows)
+        assert len(rows) == 2 and all(0 < r["n"] <= 10 for r in rows)
+        assert all(r["ci95"][0] <= r["success"] <= r["ci95"][1] for r in rows)
+    assert list((tmp_path / "cache").glob("explore-v2-40-1-128.npz"))
