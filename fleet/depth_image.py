@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from fleet.records import PNG_SIGNATURE
+
 #: Depth beyond this (mm) does not fit uint16; recorded as 0 (no return).
 MAX_MM = 65535
 #: zlib level of the recorder's PNGs: 1 costs ~1/3 of the default's time for ~10% more bytes.
@@ -60,7 +61,7 @@ def decode_depth_png(data: bytes) -> np.ndarray:
 def png_header_error(data: bytes, height: int, width: int) -> Optional[str]:
     """None if `data` starts as a 16-bit greyscale PNG of this size (signature and IHDR) and
     ends with an IEND chunk; else what is wrong. What the data server checks of every depth
-    image before a random one per attempt is decoded whole."""
+    image before step 0's and one other are decoded whole (fleet/validation.py)."""
     if data[:8] != PNG_SIGNATURE:
         return "is not a PNG (no signature)"
     if len(data) < 8 + 25 + 12 or data[12:16] != b"IHDR":

@@ -22,6 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
@@ -159,16 +160,19 @@ class LearnerRun:
 
     def _warn_attempts_without_depth(self, reader: StoreReader, usable: int) -> None:
         """Say once (and again when the number grows tenfold) that labelled attempts without
-        depth are left out: a robot with no depth topic, or data from before depth."""
+        depth are left out: a robot with no depth topic, or data from before depth. usable: the
+        labelled attempts with depth, already counted by the caller."""
         if not requires_depth(self.learner) or self.rank != 0:
             return
-        total = sum(labelled_attempt_counts(reader, self.cfg.val_fraction))
-        left_out = total - usable
+        t = reader.attempts(depth=False)
+        left_out = int(pc.sum(pc.and_(pc.is_valid(t["label"]),
+                                      pc.greater(t["num_steps"], 0))).as_py() or 0)
         if left_out > 0 and left_out >= 10 * self._without_depth_warned:
             log.warning("%d of %d labelled attempts in %s have no depth images and are not "
                         "trained on (this network takes depth): give every arm an RGB-D camera, "
-                        "or train without depth (--no-depth)", left_out, total, self.cfg.data)
-            self._without_depth_warned = max(1, left_out)
+                        "or train without depth (--no-depth)", left_out, left_out + usable,
+                        self.cfg.data)
+            self._without_depth_warned = left_out
 
     def _wait_for_data(self) -> bool:
         """Block until the store holds min_attempts labelled attempts; False if told to stop."""

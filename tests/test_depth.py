@@ -272,7 +272,7 @@ def test_collate_refuses_an_attempt_without_depth_for_a_depth_network(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_depth_learner_finds_a_block_that_colour_does_not_show(tmp_path):
+def test_a_depth_learner_finds_a_block_that_colour_does_not_show(tmp_path, caplog):
     """End to end through the store, the learner process's machinery, the bundle and the
     policy: the images are plain grey, so aiming at the block needs the depth channel."""
     root = tmp_path / "store"
@@ -285,8 +285,10 @@ def test_a_depth_learner_finds_a_block_that_colour_does_not_show(tmp_path):
     cfg = LearnerConfig(data=root, out=tmp_path / "run", steps=300, batch_size=32,
                         min_attempts=10, cycle_every_steps=100, log_every_steps=50,
                         image_size=SIZE, depth=True, tensorboard=False, progress=False)
-    summary = run(cfg)
+    with caplog.at_level("WARNING", logger="fleet.learner"):
+        summary = run(cfg)
     assert summary["published_version"] >= 1
+    assert "100 of 500 labelled attempts" in caplog.text  # the colour-only ones, left out
     model, meta = load_bundle(cfg.out / "policies" / f"v{summary['published_version']}",
                               {"image_height": SIZE, "image_width": SIZE})
     assert meta.config["use_depth"] is True and "depth" in meta.input_spec
