@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grasp_harness import InProcessArm  # noqa: E402
 
-from fleet.bundle import BundleError, load_bundle  # noqa: E402
-from fleet.evaluate import wilson_interval  # noqa: E402
-from fleet.exploration import RandomDescentPolicy, _half_turn, yaw_of_pose  # noqa: E402
-from fleet.grasp_point_policy import GraspPointPolicy  # noqa: E402
+from fleet.policy.bundle import BundleError, load_bundle  # noqa: E402
+from fleet.evaluation.evaluate import wilson_interval  # noqa: E402
+from fleet.policy.exploration import RandomDescentPolicy  # noqa: E402
+from fleet.policy.geometry import half_turn, yaw_of_pose
+from fleet.methods.grasp_point.policy import GraspPointPolicy  # noqa: E402
 from robot_node.grasp_loop import GraspLoop  # noqa: E402
 from robot_node.params import NodeConfig  # noqa: E402
 from sim_bridge.core import SimArm, SimConfig  # noqa: E402
@@ -79,7 +80,7 @@ class PlannerPolicy(RandomDescentPolicy):
         plan = plan_grasp(self.sim, self._rng)
         if plan is not None:
             target[0], target[1] = plan.x, plan.y
-            self._yaw_left = _half_turn(plan.yaw - yaw_of_pose(obs.ee_pose))
+            self._yaw_left = half_turn(plan.yaw - yaw_of_pose(obs.ee_pose))
         return target
 
 

@@ -20,13 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet.cem import CEMConfig  # noqa: E402
-from fleet.dataset import samples_of_attempt  # noqa: E402
-from fleet.evaluate import wilson_interval  # noqa: E402
-from fleet.exploration import MixedPolicy  # noqa: E402
-from fleet.learner import LevineCollate, LevineLearner, TrainingOptions  # noqa: E402
-from fleet.network import GraspSuccessNet, NetworkConfig  # noqa: E402
-from fleet.policy import GraspPolicy, GraspPolicyConfig, Policy, StepLimits  # noqa: E402
+from fleet.policy.cem import CEMConfig  # noqa: E402
+from fleet.learner.dataset import samples_of_attempt  # noqa: E402
+from fleet.evaluation.evaluate import wilson_interval  # noqa: E402
+from fleet.policy.exploration import MixedPolicy  # noqa: E402
+from fleet.methods.levine.learner import LevineCollate, LevineLearner  # noqa: E402
+from fleet.learner.config import TrainingOptions
+from fleet.methods.levine.network import GraspSuccessNet, NetworkConfig  # noqa: E402
+from fleet.methods.levine.policy import GraspPolicy, GraspPolicyConfig  # noqa: E402
+from fleet.policy.base import Policy, StepLimits
 from robot_node.grasp_loop import ArmState, GraspLoop  # noqa: E402
 from robot_node.params import NodeConfig  # noqa: E402
 from robot_node.policy_runtime import make_exploration  # noqa: E402
@@ -34,7 +36,7 @@ from robot_node.safety import yaw_of  # noqa: E402
 from sim_bridge.core import SimArm, SimConfig  # noqa: E402
 
 #: Short names for exploration policies robot_node can load by class path.
-ALIASES = {"aimed": "fleet.exploration:AimedDescentPolicy"}
+ALIASES = {"aimed": "fleet.policy.exploration:AimedDescentPolicy"}
 
 
 # -- the arm: what sim_bridge.node does over ROS, in-process -----------------------------------

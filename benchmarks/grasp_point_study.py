@@ -38,14 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grasp_harness import InProcessArm  # noqa: E402
 
-from fleet.dataset import decode_rgb  # noqa: E402
-from fleet.depth_image import decode_depth_png  # noqa: E402
-from fleet.evaluate import wilson_interval  # noqa: E402
-from fleet.exploration import MixedPolicy  # noqa: E402
-from fleet.grasp_point import GraspPointConfig, GraspPointNet  # noqa: E402
-from fleet.grasp_point_learner import GraspPointLearner, closing_grasps  # noqa: E402
-from fleet.grasp_point_policy import GraspPointPolicy  # noqa: E402
-from fleet.learner import TrainingOptions  # noqa: E402
+from fleet.learner.dataset import decode_rgb  # noqa: E402
+from fleet.wire.depth_image import decode_depth_png  # noqa: E402
+from fleet.evaluation.evaluate import wilson_interval  # noqa: E402
+from fleet.policy.exploration import MixedPolicy  # noqa: E402
+from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet  # noqa: E402
+from fleet.methods.grasp_point.learner import GraspPointLearner, closing_grasps  # noqa: E402
+from fleet.methods.grasp_point.policy import GraspPointPolicy  # noqa: E402
+from fleet.learner.config import TrainingOptions  # noqa: E402
 from robot_node.grasp_loop import GraspLoop  # noqa: E402
 from robot_node.params import NodeConfig  # noqa: E402
 from robot_node.policy_runtime import make_exploration  # noqa: E402

@@ -10,9 +10,9 @@ benchmarks/grasp_harness.py; this file is the study and its command line):
   command is `set_fingers`, every state is a fresh render); one SimArm per worker process;
 - policies are the fleet's: `robot_node.policy_runtime.make_exploration` by name, and
   `fleet.policy.GraspPolicy` over a `GraspSuccessNet` with robot_node's CEM settings (optionally
-  mixed with exploration, `fleet.exploration.MixedPolicy`, as robot_node runs it);
+  mixed with exploration, `fleet.policy.exploration.MixedPolicy`, as robot_node runs it);
 - training uses the learner's `LevineLearner.train_step` on batches built by its `LevineCollate`
-  from `fleet.dataset.samples_of_attempt` (every step: (I_t, p_T - p_t, label));
+  from `fleet.learner.dataset.samples_of_attempt` (every step: (I_t, p_T - p_t, label));
 - evaluation is the greedy policy (no exploration) on test-split objects, Wilson 95% CI, beside
   the scripted and random baselines on the same scene seeds.
 
@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grasp_harness import (PolicySpec, TrainSettings, collect, merge, run_attempts,  # noqa: E402
                            spec_of, success, train, train_job)
-from fleet.learner import TrainingOptions  # noqa: E402
-from fleet.network import GraspSuccessNet  # noqa: E402
+from fleet.learner.config import TrainingOptions  # noqa: E402
+from fleet.methods.levine.network import GraspSuccessNet  # noqa: E402
 from robot_node.params import NodeConfig  # noqa: E402
 
 TARGET = 0.8

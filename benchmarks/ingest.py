@@ -41,9 +41,9 @@ import zmq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fleet.client import ClientConfig, UploadClient  # noqa: E402
-from fleet.keys import ClientKeys, create_robot_key  # noqa: E402
-from fleet.records import Attempt, Step, encode  # noqa: E402
+from fleet.client.upload_client import ClientConfig, UploadClient  # noqa: E402
+from fleet.server.keys import ClientKeys, create_robot_key  # noqa: E402
+from fleet.wire.records import Attempt, Step, encode  # noqa: E402
 
 
 @dataclass

@@ -44,12 +44,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet.dataset import StoreBatches, stream_batches  # noqa: E402
-from fleet.learner import LearnerConfig, LevineLearner  # noqa: E402
-from fleet.network import NetworkConfig  # noqa: E402
-from fleet.records import Attempt, Step, encode  # noqa: E402
-from fleet.store import Store, StoreConfig  # noqa: E402
-from fleet.store_reader import StoreReader  # noqa: E402
+from fleet.learner.dataset import StoreBatches, stream_batches  # noqa: E402
+from fleet.learner.config import LearnerConfig  # noqa: E402
+from fleet.methods.levine.learner import LevineLearner
+from fleet.methods.levine.network import NetworkConfig  # noqa: E402
+from fleet.wire.records import Attempt, Step, encode  # noqa: E402
+from fleet.store.writer import Store, StoreConfig  # noqa: E402
+from fleet.store.reader import StoreReader  # noqa: E402
 
 TARGET = 0.9
 PREFETCH = 4  # batches each worker prepares ahead (the learner's default)

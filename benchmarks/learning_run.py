@@ -1,9 +1,9 @@
 """Prove it learns: a simulated fleet from an empty store, evaluated on objects it never saw.
 
 The whole system runs as in `fleet sim` (data server, learner, N sim arms + robot_nodes, train
-split, real processes, fleet.sim_fleet.children()). At checkpoints (every K attempts stored or
+split, real processes, fleet.ops.sim_fleet.children()). At checkpoints (every K attempts stored or
 every M minutes of collection) the newest published policy is measured with `fleet eval`'s
-machinery (fleet.evaluate.evaluate) on test-split objects, with no exploration; the random and
+machinery (fleet.evaluation.evaluate.evaluate) on test-split objects, with no exploration; the random and
 scripted baselines are measured once, before the fleet starts, the same way. The learning curve
 (success on unseen objects against attempts stored and against hours) goes to
 <data>/learning_curve.json and .png.
@@ -34,10 +34,10 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet.checkpoint import read_pointer  # noqa: E402
-from fleet.evaluate import EvalConfig, evaluate  # noqa: E402
-from fleet.sim_fleet import SimFleetConfig, children  # noqa: E402
-from fleet.supervisor import Supervisor, SupervisorConfig  # noqa: E402
+from fleet.policy.folder import read_pointer  # noqa: E402
+from fleet.evaluation.evaluate import EvalConfig, evaluate  # noqa: E402
+from fleet.ops.sim_fleet import SimFleetConfig, children  # noqa: E402
+from fleet.ops.supervisor import Supervisor, SupervisorConfig  # noqa: E402
 
 log = logging.getLogger("learning_run")
 NAME = "learning_run"
@@ -235,7 +235,7 @@ def collect(cfg: RunConfig) -> tuple[list[Point], Clock, dict[str, int]]:
 def store_summary(store: Path) -> dict:
     """Attempts and success rate per policy kind / version in the training store (train split,
     exploration included): what the fleet itself experienced."""
-    from fleet.store_reader import StoreReader
+    from fleet.store.reader import StoreReader
 
     try:
         reader = StoreReader(store)

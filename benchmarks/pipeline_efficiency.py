@@ -72,7 +72,7 @@ def spooled_times(spool: Path) -> list[float]:
 def pipeline_rate(group: ProcessGroup, spool: Path, attempts: int, warmup: int,
                   timeout: float) -> tuple[float, int]:
     """(attempts/s, successes) of a robot_node run against the already running sim arm."""
-    from fleet.records import decode
+    from fleet.wire.records import decode
     from robot_node.spool import Spool
 
     params = dict(PIPELINE_PARAMS, spool_dir=str(spool), max_attempts=attempts + warmup)

@@ -2,7 +2,7 @@
 
 A real `fleet serve --policies DIR` process on loopback and 16 robots (UploadClient instances,
 one thread and CURVE socket each, no simulator). Each publish is what the learner does
-(`fleet.checkpoint.write_policy`: bundle v<N>/, then latest.json); the clock starts before it.
+(`fleet.learner.checkpoint.write_policy`: bundle v<N>/, then latest.json); the clock starts before it.
 Each robot, on `take_policy()`, does what robot_node does (`save_packed`: full verification,
 then an fsynced write of the bundle into its own directory) and reports the new version in a
 HELLO; its latency is the time that HELLO goes out. Per publish: the median and the worst
@@ -35,11 +35,11 @@ import zmq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fleet.bundle import pack_bundle, save_packed  # noqa: E402
-from fleet.checkpoint import write_policy  # noqa: E402
-from fleet.client import ClientConfig, UploadClient  # noqa: E402
-from fleet.keys import ClientKeys, create_robot_key, load_server_keypair  # noqa: E402
-from fleet.network import GraspSuccessNet  # noqa: E402
+from fleet.policy.bundle import pack_bundle, save_packed  # noqa: E402
+from fleet.policy.folder import write_policy  # noqa: E402
+from fleet.client.upload_client import ClientConfig, UploadClient  # noqa: E402
+from fleet.server.keys import ClientKeys, create_robot_key, load_server_keypair  # noqa: E402
+from fleet.methods.levine.network import GraspSuccessNet  # noqa: E402
 
 
 @dataclass

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fleet.network import GraspSuccessNet, NetworkConfig, encode_motions, images_to_tensor
-from fleet.policy import GraspPolicy, MotionScore, NetworkScorer, Observation
+from fleet.methods.levine.network import GraspSuccessNet, NetworkConfig, encode_motions
+from fleet.policy.images import images_to_tensor
+from fleet.methods.levine.policy import GraspPolicy, MotionScore, NetworkScorer
+from fleet.policy.base import Observation
 
 TARGET_HZ = 50.0
 

@@ -1,7 +1,11 @@
-"""The `fleet` command line: one subcommand per job (keys, serve, and more as the system grows).
+"""The `fleet` command line: one subcommand per job (keys, serve, learn, policy, eval, sim,
+status, monitor).
 
 Each subcommand registers itself with an `add_<name>(subparsers)` function that sets
-`func=<handler>`; to add one, write the function and list it in SUBCOMMANDS.
+`func=<handler>`; to add one, write the function and list it in SUBCOMMANDS. Subcommands that
+live with their room (learn: fleet/learner/cli.py, sim: fleet/ops/sim_fleet.py, status and
+monitor: fleet/monitor/status.py) import only argparse-level code here; the work is imported
+when the command runs.
 """
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fleet import __version__
-from fleet.sim_fleet import add_sim
-from fleet.status_cli import add_monitor, add_status
+from fleet.learner.cli import add_learn
+from fleet.ops.sim_fleet import add_sim
+from fleet.monitor.status import add_monitor, add_status
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
-    from fleet.keys import create_robot_key, server_key_paths
+    from fleet.server.keys import create_robot_key, server_key_paths
 
     for name in args.name:
         key = create_robot_key(args.dir, name)
@@ -27,7 +32,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
-    from fleet.keys import list_robots, server_key_paths
+    from fleet.server.keys import list_robots, server_key_paths
 
     robots = list_robots(args.dir)
     public, secret = server_key_paths(args.dir)
@@ -55,9 +60,9 @@ def add_keys(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from fleet.keys import load_server_keypair
-    from fleet.server import DataServer, ServerConfig
-    from fleet.store import Store, StoreConfig, StoreLockedError
+    from fleet.server.keys import load_server_keypair
+    from fleet.server.server import DataServer, ServerConfig
+    from fleet.store.writer import Store, StoreConfig, StoreLockedError
 
     load_server_keypair(args.keys)  # fail early, with what to do, before opening the store
     store_cfg = StoreConfig(root=args.data, roll_process=True)  # rolls off the ack path
@@ -96,7 +101,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_policy(args: argparse.Namespace) -> int:
-    from fleet import policy_registry as R
+    from fleet.policy import folder as R
 
     if args.policy_command == "pin":
         path = R.pin(args.policies, args.version, args.reason)
@@ -107,7 +112,7 @@ def _cmd_policy(args: argparse.Namespace) -> int:
         print("unpinned: the server serves the newest version again" if had
               else "no pin was set")
     else:
-        latest = R.read_json(args.policies / "latest.json")
+        latest = R.read_json(args.policies / R.POINTER_FILE)
         pinned = R.read_json(args.policies / R.PIN_FILE)
         print(f"{'version':>7}  {'created_at':<26} {'trained_on':>10}  state")
         for row in R.list_versions(args.policies):
@@ -141,8 +146,8 @@ def add_policy(sub: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import signal
 
-    from fleet.evaluate import EvalConfig, evaluate
-    from fleet.report_plot import format_table
+    from fleet.evaluation.evaluate import EvalConfig, evaluate
+    from fleet.evaluation.plot import format_table
 
     cfg = EvalConfig(policies=args.policy, out=args.out, attempts=args.attempts, arms=args.arms,
                      baselines=tuple(b for b in args.baselines.split(",") if b),
@@ -164,7 +169,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    from fleet.plan import CONFIG_DIR
+    from fleet.ops.plan import CONFIG_DIR
 
     p = sub.add_parser("eval", help="success rate of policy bundles on test-split objects in "
                                     "simulation, beside random and scripted grasps")
@@ -190,7 +195,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_keys, add_serve,
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_keys, add_serve, add_learn,
                                                                    add_policy, add_eval, add_sim,
                                                                    add_status, add_monitor]
 

@@ -1,5 +1,5 @@
 """`ros2 launch fleet arms.launch.py`: one robot_node per arm (and a sim_bridge arm per arm with
-sim:=true), from the same plan as `fleet sim` (fleet/plan.py, tested there).
+sim:=true), from the same plan as `fleet sim` (fleet/ops/plan.py, tested there).
 
 This file is a thin mapping of that plan onto launch_ros Node actions: launch and launch_ros have
 no wheels, so these few lines are the only part not exercised by the test suite.
@@ -15,7 +15,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from fleet.plan import load_arms, node_plan
+from fleet.ops.plan import load_arms, node_plan
 
 
 def _nodes(context):

@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from fleet.policy import Observation, Policy
-from fleet.records import Attempt
+from fleet.policy.base import Observation, Policy
+from fleet.wire.records import Attempt
 from robot_node.params import NodeConfig
 from robot_node.recorder import AttemptRecorder
 from robot_node.safety import Workspace, split_motion, yaw_of

@@ -34,8 +34,8 @@ from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool, String
 
-from fleet.protocol import RobotStatus
-from fleet.records import Attempt, encode
+from fleet.wire.protocol import RobotStatus
+from fleet.wire.records import Attempt, encode
 from robot_node.spin import spin_in_background
 from robot_node.arm_client import RELIABLE_10, RosArm
 from robot_node.diagnostics import NodeStatus, diagnostic_array
@@ -293,7 +293,7 @@ def main(args: Optional[list[str]] = None) -> int:
         if config.server_address:
             from robot_node.uploader import SpoolUploader
             robot.uploader = SpoolUploader.from_config(config, robot.spool)
-    except (ConfigError, SpoolError, ValueError) as exc:  # fleet.keys.KeyFileError too
+    except (ConfigError, SpoolError, ValueError) as exc:  # fleet.server.keys.KeyFileError too
         node.get_logger().fatal(f"cannot start: {exc}")
         node.destroy_node()
         rclpy.try_shutdown()

@@ -125,7 +125,7 @@ class NodeConfig:
     camera_stall: float = _p(2.0, "Watchdog: camera silent this long while collecting => stop.")
     policy_stall: float = _p(2.0, "Watchdog: one policy decision this long => stop.")
     ground_truth_wait: float = _p(0.5, "Wait for ground truth after the lift, s (sim only).")
-    # Uploader (fleet/client.py).
+    # Uploader (fleet/client/upload_client.py).
     server_address: str = _p("", "Data server, e.g. tcp://127.0.0.1:5555; empty = no upload.")
     server_public_key: str = _p("", "Path to the server's CURVE public key file.")
     robot_secret_key: str = _p("", "Path to this robot's CURVE secret key file.")

@@ -1,5 +1,5 @@
 """Which policy runs the next attempt: the newest good policy bundle (the servo policy of its
-architecture, fleet/policy_factory.py: CEM over the Levine grasp network, or the grasp-point
+architecture, fleet/policy/factory.py and the method registry: CEM over the Levine grasp network, or the grasp-point
 policy), mixed with exploration, or exploration alone before any network exists.
 
 Bundles are looked for between attempts only, so a policy is never swapped mid-attempt. A bundle
@@ -18,11 +18,10 @@ from typing import Callable, Optional
 
 import torch
 
-from fleet.bundle import META_FILE, WEIGHTS_FILE, BundleError, BundleMeta, load_bundle
-from fleet.exploration import (AimedDescentPolicy, DescentConfig, MixedPolicy, RandomDescentPolicy,
-                               RandomPolicy)
-from fleet.policy import Policy, StepLimits
-from fleet.policy_factory import ServoSettings, policy_for
+from fleet.policy.bundle import META_FILE, WEIGHTS_FILE, BundleError, BundleMeta, load_bundle
+from fleet.policy.exploration import EXPLORATIONS, MixedPolicy
+from fleet.policy.base import Policy, StepLimits
+from fleet.policy.factory import ServoSettings, policy_for
 from robot_node.params import DEFAULT_DEPTH_TOPIC, ConfigError, NodeConfig
 
 log = logging.getLogger(__name__)
@@ -36,23 +35,14 @@ def bundle_dir_name(version: int) -> str:
     return f"v{version:06d}"
 
 
-EXPLORATION_POLICIES: dict[str, Callable[[StepLimits], Policy]] = {
-    "random": lambda limits: RandomPolicy(limits),
-    "random_descent": lambda limits: RandomDescentPolicy(DescentConfig(limits=limits)),
-    # aims at a colourful blob of I_0 (the default camera's calibration), centred, fingers
-    # across its narrow side: a scripted grasp that needs no privileged knowledge
-    "aimed_descent": lambda limits: AimedDescentPolicy(DescentConfig(limits=limits)),
-}
-
-
 def make_exploration(name: str, max_step: float = StepLimits.max_translation) -> Policy:
     """An exploration policy by short name, or any Policy class as 'package.module:Class'."""
-    if name in EXPLORATION_POLICIES:
-        return EXPLORATION_POLICIES[name](StepLimits(max_translation=max_step))
+    if name in EXPLORATIONS:
+        return EXPLORATIONS[name].make(StepLimits(max_translation=max_step))
     module_name, _, class_name = name.partition(":")
     if not class_name:
         raise ConfigError(f"exploration_policy {name!r}: use one of "
-                          f"{sorted(EXPLORATION_POLICIES)} or 'package.module:Class'")
+                          f"{sorted(EXPLORATIONS)} or 'package.module:Class'")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:

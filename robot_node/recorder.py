@@ -1,4 +1,4 @@
-"""Records one grasp attempt as a `fleet.records.Attempt`: JPEG images (and, from an RGB-D
+"""Records one grasp attempt as a `fleet.wire.records.Attempt`: JPEG images (and, from an RGB-D
 camera, each image's aligned depth as a 16-bit PNG of mm), poses, commanded motions, gripper
 readings, the label and (simulation only) the ground truth.
 
@@ -14,8 +14,8 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-from fleet.depth_image import DepthImageError, encode_depth_png
-from fleet.records import Attempt, Step
+from fleet.wire.depth_image import DepthImageError, encode_depth_png
+from fleet.wire.records import Attempt, Step
 
 
 class RecorderError(ValueError):
@@ -64,7 +64,7 @@ class AttemptRecorder:
 
         `depth`: the image's aligned depth, (H, W) float m (or uint16 mm) of the image's size,
         stored as a 16-bit PNG of mm (0 = no return); every step of an attempt has one or none
-        does (fleet.records)."""
+        does (fleet.wire.records)."""
         image_jpeg = encode_jpeg(image_rgb, self.jpeg_quality)
         depth_png = None
         if depth is not None:

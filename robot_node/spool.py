@@ -1,7 +1,7 @@
 """The robot's durable local spool: one file per attempt, holding exactly `records.encode()`'s
 frames, until the data server acknowledges it.
 
-File format (`<ended_ns>-<attempt_id>.attempt`): fleet's attempt file (fleet/attempt_file.py:
+File format (`<ended_ns>-<attempt_id>.attempt`): fleet's attempt file (fleet/wire/attempt_file.py:
 magic, length-prefixed frames, SHA-256), so fleet's tools read a spool without robot_node.
 
 Durability: a file is written under a temporary name, fsync'd, renamed into place and the
@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.attempt_file import MAGIC, AttemptFileError, pack_frames  # noqa: F401 (re-export)
-from fleet.attempt_file import unpack_frames as _unpack
-from fleet.durable import atomic_write, fsync_dir
+from fleet.wire.attempt_file import MAGIC, AttemptFileError, pack_frames  # noqa: F401 (re-export)
+from fleet.wire.attempt_file import unpack_frames as _unpack
+from fleet.store.durable import atomic_write, fsync_dir
 
 SUFFIX = ".attempt"
 TMP_SUFFIX = ".tmp"

@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from fleet.client import ClientConfig, RobotStatus, UploadClient
-from fleet.keys import ClientKeys
+from fleet.client.upload_client import ClientConfig, RobotStatus, UploadClient
+from fleet.server.keys import ClientKeys
 from robot_node.params import ConfigError, NodeConfig
 from robot_node.policy_runtime import PIN_FILE, bundle_dir_name
 from robot_node.spool import SUFFIX, Spool, SpoolError
@@ -131,7 +131,7 @@ class SpoolUploader:
     def _install(self, update) -> None:
         """Write a verified policy into bundle_dir, where the policy runtime picks it up
         between attempts; a pinned one (an operator's rollback) is also named in PINNED."""
-        from fleet.bundle import BundleError, save_packed
+        from fleet.policy.bundle import BundleError, save_packed
 
         target = self.bundle_dir / bundle_dir_name(update.version)
         try:

@@ -18,9 +18,9 @@ from typing import Iterator, Optional
 
 import torch
 
-from fleet.checkpoint import write_policy
-from fleet.client import RobotStatus, UploadClient
-from fleet.network import GraspSuccessNet
+from fleet.policy.folder import write_policy
+from fleet.client.upload_client import RobotStatus, UploadClient
+from fleet.methods.levine.network import GraspSuccessNet
 from server_helpers import REPO, ServerProcess, _die_with_parent, client, make_attempt, \
     make_keys, upload
 

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from fleet.records import Attempt, Step
+from fleet.wire.records import Attempt, Step
 from robot_node.recorder import encode_jpeg
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleet.policy import Decision, Policy
+from fleet.policy.base import Decision, Policy
 
 
 class HugeMotions(Policy):

@@ -15,9 +15,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from fleet.client import ClientConfig, UploadClient
-from fleet.keys import ClientKeys, create_robot_key
-from fleet.records import Attempt, Step, encode
+from fleet.client.upload_client import ClientConfig, UploadClient
+from fleet.server.keys import ClientKeys, create_robot_key
+from fleet.wire.records import Attempt, Step, encode
 
 REPO = Path(__file__).resolve().parents[1]
 _RNG = np.random.default_rng(0)
@@ -130,7 +130,7 @@ def upload(c: UploadClient, attempts: list[Attempt], timeout: float = 30.0) -> d
 
 def stored_ids(data: Path) -> Counter:
     """attempt id -> how many times it is in the store (read without the server running)."""
-    from fleet.store_reader import StoreReader
+    from fleet.store.reader import StoreReader
 
     ids = StoreReader(data).attempts().column("attempt_id").to_pylist()
     return Counter(ids)

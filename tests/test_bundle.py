@@ -11,9 +11,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from fleet.bundle import (ARCHITECTURES, BundleError, load_bundle, pack_bundle,
-                          register_architecture, save_bundle, save_packed, unpack_bundle)
-from fleet.network import GraspSuccessNet, NetworkConfig, encode_motions, images_to_tensor
+from fleet.methods.registry import Method, register, unregister
+from fleet.policy.bundle import (BundleError, load_bundle, pack_bundle, save_bundle, save_packed,
+                                 unpack_bundle)
+from fleet.methods.levine.network import GraspSuccessNet, NetworkConfig, encode_motions
+from fleet.policy.images import images_to_tensor
 
 
 @pytest.fixture()
@@ -201,13 +203,15 @@ def test_a_second_architecture_can_register(tmp_path):
         def input_spec(self):
             return {"motion_encoding": "dx,dy,dz,sin,cos"}
 
-    register_architecture("test_tiny_q", lambda cfg: TinyQ(**cfg))
+    register(Method(name="test_tiny_q", architecture="test_tiny_q", policy_kind="tiny_q",
+                    network=lambda cfg: TinyQ(**cfg), policy="unused:policy",
+                    learner="unused:learner"))
     try:
         save_bundle(tmp_path / "q", TinyQ(7), version=1)
         loaded, meta = load_bundle(tmp_path / "q")
         assert isinstance(loaded, TinyQ) and loaded.width == 7
         assert meta.architecture == "test_tiny_q"
     finally:
-        ARCHITECTURES.pop("test_tiny_q")
+        unregister("test_tiny_q")
     with pytest.raises(BundleError, match="unknown architecture"):
         load_bundle(tmp_path / "q")

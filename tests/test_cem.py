@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.cem import CEMConfig, cem_maximize
-from fleet.exploration import MixedPolicy, RandomDescentPolicy, RandomPolicy
-from fleet.network import GraspSuccessNet
-from fleet.policy import (GraspPolicy, GraspPolicyConfig, Observation, StepLimits,
-                          motion_bounds)
+from fleet.policy.cem import CEMConfig, cem_maximize
+from fleet.policy.exploration import MixedPolicy, RandomDescentPolicy, RandomPolicy
+from fleet.methods.levine.network import GraspSuccessNet
+from fleet.methods.levine.policy import GraspPolicy, GraspPolicyConfig, motion_bounds
+from fleet.policy.base import Observation, StepLimits
 
 WS_MIN = np.array([0.4, -0.2, 0.0])
 WS_MAX = np.array([0.8, 0.2, 0.4])
@@ -208,7 +208,7 @@ def test_mixed_policy_explores_the_configured_share():
 
 
 def test_table_camera_centre_ray_meets_the_table_at_the_camera_target():
-    from fleet.exploration import TableCamera
+    from fleet.policy.geometry import TableCamera
     cam = TableCamera()
     xy = cam.table_points(np.array([31.5]), np.array([31.5]), 64, 64, cam.target[2])
     np.testing.assert_allclose(xy[0], cam.target[:2], atol=1e-9)
@@ -218,7 +218,8 @@ def test_table_camera_centre_ray_meets_the_table_at_the_camera_target():
 
 
 def test_aimed_descent_aims_at_the_coloured_object_else_at_random():
-    from fleet.exploration import AimConfig, AimedDescentPolicy, TableCamera
+    from fleet.policy.exploration import AimConfig, AimedDescentPolicy
+    from fleet.policy.geometry import TableCamera
     cam = TableCamera()
     image = np.full((64, 64, 3), 90, np.uint8)  # a grey tray
     image[40:43, 30:33] = (200, 30, 30)  # one red object

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.batch_handover import BatchStream
-from fleet.dataset import StoreBatches, decode_rgb, stream_batches
-from fleet.frame_cache import ENTRY_OVERHEAD, FrameCache, FrameCacheStats, active_cache
-from fleet.learner import LevineCollate
-from fleet.learner_api import Batch
-from fleet.store_reader import StoreReader
+from fleet.learner.handover import BatchStream
+from fleet.learner.dataset import StoreBatches, decode_rgb, stream_batches
+from fleet.learner.frame_cache import ENTRY_OVERHEAD, FrameCache, FrameCacheStats, active_cache
+from fleet.methods.levine.learner import LevineCollate
+from fleet.learner.api import Batch
+from fleet.store.reader import StoreReader
 from test_learner import build_store
 
 

@@ -18,22 +18,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fleet import validation as V
-from fleet.bundle import load_bundle
-from fleet.dataset import labelled_attempt_counts
-from fleet.depth_image import (DepthImageError, decode_depth_png, encode_depth_png,
-                               png_header_error)
-from fleet.grasp_point import GraspPointConfig, GraspPointNet, camera_axes
-from fleet.grasp_point_learner import GraspPointCollate
-from fleet.grasp_point_policy import GraspPointPolicy
-from fleet.learner import LearnerConfig, run
-from fleet.checkpoint import CheckpointError
-from fleet.network import images_to_tensor
-from fleet.policy_factory import policy_for
-from fleet.protocol import ErrorCode, ProtocolError
-from fleet.records import Attempt, RecordError, Step, decode, encode
-from fleet.store import Store, StoreConfig
-from fleet.store_reader import StoreReader
+from fleet.wire import validation as V
+from fleet.policy.bundle import load_bundle
+from fleet.learner.dataset import labelled_attempt_counts
+from fleet.wire.depth_image import (DepthImageError, decode_depth_png, encode_depth_png,
+                                    png_header_error)
+from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
+from fleet.policy.geometry import camera_axes
+from fleet.methods.grasp_point.learner import GraspPointCollate
+from fleet.methods.grasp_point.policy import GraspPointPolicy
+from fleet.learner.config import LearnerConfig
+from fleet.learner.loop import run
+from fleet.learner.checkpoint import CheckpointError
+from fleet.policy.images import images_to_tensor
+from fleet.policy.factory import policy_for
+from fleet.wire.protocol import ErrorCode, ProtocolError
+from fleet.wire.records import Attempt, RecordError, Step, decode, encode
+from fleet.store.writer import Store, StoreConfig
+from fleet.store.reader import StoreReader
 
 SIZE = 64
 CFG = GraspPointConfig(image_height=SIZE, image_width=SIZE, use_depth=True)

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fleet.bundle import save_bundle
-from fleet.evaluate import (EvalConfig, EvalError, PolicyRun, SpoolScanner, expand_policies,
-                            read_spool_file, summarise, wilson_interval)
-from fleet.grasp_point import GraspPointConfig, GraspPointNet
-from fleet.network import GraspSuccessNet
-from fleet.records import Attempt, Step, decode, encode
-from fleet.report_plot import format_table, plot_report
+from fleet.policy.bundle import save_bundle
+from fleet.evaluation.evaluate import (EvalConfig, EvalError, PolicyRun, SpoolScanner,
+                                       expand_policies, read_spool_file, summarise,
+                                       wilson_interval)
+from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
+from fleet.methods.levine.network import GraspSuccessNet
+from fleet.wire.records import Attempt, Step, decode, encode
+from fleet.evaluation.plot import format_table, plot_report
 from robot_node.spool import Spool, unpack_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_fleet_eval_end_to_end(tmp_path, ros_domain):
     assert "v1" in proc.stdout and "95% CI" in proc.stdout  # the table
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Independently of fleet.evaluate: what each run's robots actually spooled.
+    # Independently of fleet.evaluation.evaluate: what each run's robots actually spooled.
     expected_kind = {"random": ("random", 0), "scripted": ("scripted", 0),
                      "v1": ("grasp_point", 1)}
     for name, (kind, version) in expected_kind.items():

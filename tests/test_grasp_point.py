@@ -21,20 +21,21 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.bundle import load_bundle
-from fleet.checkpoint import load_checkpoint
-from fleet.dataset import labelled_attempt_counts
-from fleet.exploration import TableCamera
-from fleet.grasp_point import GraspPointConfig, GraspPointNet
-from fleet.grasp_point_learner import GraspPointCollate, closing_grasps
-from fleet.grasp_point_policy import GraspPointPolicy
-from fleet.learner import LearnerConfig, run
-from fleet.network import images_to_tensor
-from fleet.policy_factory import policy_for, policy_kind
-from fleet.publish_rule import fleet_record
-from fleet.records import Attempt, Step, encode
-from fleet.store import Store, StoreConfig
-from fleet.store_reader import StoreReader
+from fleet.policy.bundle import load_bundle
+from fleet.learner.checkpoint import load_checkpoint
+from fleet.learner.dataset import labelled_attempt_counts
+from fleet.policy.geometry import TableCamera
+from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
+from fleet.methods.grasp_point.learner import GraspPointCollate, closing_grasps
+from fleet.methods.grasp_point.policy import GraspPointPolicy
+from fleet.learner.config import LearnerConfig
+from fleet.learner.loop import run
+from fleet.policy.images import images_to_tensor
+from fleet.policy.factory import policy_for, policy_kind
+from fleet.learner.publish_rule import fleet_record
+from fleet.wire.records import Attempt, Step, encode
+from fleet.store.writer import Store, StoreConfig
+from fleet.store.reader import StoreReader
 from robot_node.params import NodeConfig
 from robot_node.policy_runtime import PolicyRuntime
 from test_learner import PYTHON, REPO, rank_file
@@ -133,7 +134,7 @@ def test_every_default_camera_is_the_simulated_one():
     back-projection (TableCamera); arms.yaml's camera_* override all of them together."""
     import yaml
 
-    from fleet.grasp_point import camera_model
+    from fleet.policy.geometry import camera_model
     from sim_bridge.config import SimConfig
 
     sim = SimConfig()
@@ -315,8 +316,8 @@ def test_weight_average_is_what_is_validated_published_and_checkpointed(disc_sto
     """ema_decay > 0: network() (what is validated and written into bundles) is the moving
     average of the weights, a different module from the one Adam steps; a checkpoint restores
     both, and an old checkpoint without the average starts it from its weights."""
-    from fleet.learner import TrainingOptions
-    from fleet.grasp_point_learner import GraspPointLearner
+    from fleet.learner.config import TrainingOptions
+    from fleet.methods.grasp_point.learner import GraspPointLearner
 
     reader = StoreReader(disc_store)
     collate = GraspPointCollate(64, 64)
@@ -352,7 +353,8 @@ def test_learner_flags_set_the_networks_camera_model():
     """`fleet learn --camera-*` (what fleet sim passes from arms.yaml) reaches the network."""
     import argparse
 
-    from fleet.learner_loop import add_arguments, config_from_args, make_learner
+    from fleet.learner.cli import add_arguments, config_from_args
+    from fleet.learner.loop import make_learner
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -367,7 +369,7 @@ def test_learner_flags_set_the_networks_camera_model():
 
 
 def test_validation_window_moves_with_the_fleet_or_stays_first(tmp_path):
-    from fleet.dataset import ValidationSet, is_validation
+    from fleet.learner.dataset import ValidationSet, is_validation
 
     store = Store(StoreConfig(root=tmp_path, min_free_bytes=0, shard_max_seconds=0.2,
                               roll_interval=0.05))

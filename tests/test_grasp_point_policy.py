@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.bundle import save_bundle
-from fleet.grasp_point import GraspPointConfig, GraspPointNet
-from fleet.grasp_point_policy import GraspPointPolicy, GraspPointPolicyConfig
-from fleet.policy_factory import policy_kind
+from fleet.policy.bundle import save_bundle
+from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
+from fleet.methods.grasp_point.policy import GraspPointPolicy, GraspPointPolicyConfig
+from fleet.policy.factory import policy_kind
 from test_learner import PYTHON, REPO
 
 CFG = GraspPointConfig()
@@ -21,7 +21,7 @@ WS_LO, WS_HI = np.array([0.40, -0.15, 0.027]), np.array([0.70, 0.15, 0.40])
 
 
 def test_eval_and_runtime_know_the_kind_of_each_architecture(tmp_path):
-    from fleet.evaluate import EvalError, expand_policies
+    from fleet.evaluation.evaluate import EvalError, expand_policies
 
     torch.manual_seed(0)
     save_bundle(tmp_path / "v4", GraspPointNet(CFG), version=4)
@@ -53,7 +53,7 @@ class _Landscape:
 
 
 def test_cem_finds_a_peak_and_the_robust_choice_prefers_the_broad_one():
-    from fleet.grasp_point_policy import GraspPointPolicyConfig
+    from fleet.methods.grasp_point.policy import GraspPointPolicyConfig
 
     policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(robust_samples=8))
     policy.scorer = _Landscape()
@@ -74,7 +74,7 @@ def test_cem_finds_a_peak_and_the_robust_choice_prefers_the_broad_one():
 
 
 def test_explore_top_draws_among_the_best_samples():
-    from fleet.grasp_point_policy import GraspPointPolicyConfig
+    from fleet.methods.grasp_point.policy import GraspPointPolicyConfig
 
     policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(explore_top=1.0))
     policy.scorer = _Landscape()

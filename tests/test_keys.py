@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from fleet.keys import ClientKeys, KeyFileError, RobotAuthenticator, create_robot_key, list_robots
+from fleet.server.keys import (ClientKeys, KeyFileError, RobotAuthenticator, create_robot_key,
+                               list_robots)
 from server_helpers import REPO
 
 

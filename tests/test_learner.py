@@ -22,16 +22,20 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.bundle import load_bundle
-from fleet.checkpoint import load_checkpoint, read_pointer
-from fleet.dataset import (StoreBatches, ValidationSet, grasp_motions, is_validation,
-                           quaternion_yaw, stream_batches)
-from fleet.learner import LearnerConfig, LevineCollate, run
-from fleet.learner_api import binary_auc
-from fleet.publish_rule import fleet_record, losing_to_exploration
-from fleet.records import Attempt, Step, encode
-from fleet.store import Store, StoreConfig
-from fleet.store_reader import StoreReader
+from fleet.policy.bundle import load_bundle
+from fleet.learner.checkpoint import load_checkpoint
+from fleet.policy.folder import read_pointer
+from fleet.learner.dataset import (StoreBatches, ValidationSet, grasp_motions, is_validation,
+                                   stream_batches)
+from fleet.policy.geometry import quaternion_yaw
+from fleet.learner.config import LearnerConfig
+from fleet.methods.levine.learner import LevineCollate
+from fleet.learner.loop import run
+from fleet.learner.api import binary_auc
+from fleet.learner.publish_rule import fleet_record, losing_to_exploration
+from fleet.wire.records import Attempt, Step, encode
+from fleet.store.writer import Store, StoreConfig
+from fleet.store.reader import StoreReader
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -181,7 +185,8 @@ def test_training_lowers_validation_loss_and_publishes_loadable_bundles(store_di
     model, meta = load_bundle(published[-1][0])
     assert meta.sha256 == read_pointer(cfg.out)["sha256"] and meta.trained_on_attempts > 100
     # the network learned the rule: closing low (success) beats closing high (failure)
-    from fleet.network import encode_motions, images_to_tensor
+    from fleet.methods.levine.network import encode_motions
+    from fleet.policy.images import images_to_tensor
     img = images_to_tensor(np.full((2, 64, 64, 3), 90, np.uint8))
     logits = model(img, encode_motions(np.array([[0, 0, -0.2, 0], [0, 0, -0.08, 0]]), 0.1))
     assert logits[0] > 0 > logits[1]

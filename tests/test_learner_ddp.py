@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from fleet.bundle import load_bundle
-from fleet.checkpoint import load_checkpoint
+from fleet.policy.bundle import load_bundle
+from fleet.learner.checkpoint import load_checkpoint
 from test_learner import REPO, build_store, learner_argv, rank_file
 
 

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet.monitor import Monitor, MonitorConfig, RobotHistory, Sample, robot_row
+from fleet.monitor.monitor import Monitor, MonitorConfig, RobotHistory, Sample, robot_row
 from monitor_helpers import (LEARNER_METRICS, OFFLINE_AFTER, REPO, ROBOTS, SERVED_VERSION,
                              api_status, expected, monitored_fleet)
 

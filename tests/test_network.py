@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.network import (GraspSuccessNet, NetworkConfig, encode_motions, images_to_tensor)
+from fleet.methods.levine.network import GraspSuccessNet, NetworkConfig, encode_motions
+from fleet.policy.images import images_to_tensor
 
 
 def _images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -124,7 +125,8 @@ def _batch(n: int = 16, label: float = 1.0, seed: int = 0) -> dict:
 
 
 def test_augmentation_shifts_and_jitters_within_range():
-    from fleet.learner import TrainingOptions, augment
+    from fleet.learner.config import TrainingOptions
+    from fleet.learner.supervised import augment
     img = torch.zeros(2, 3, 32, 32)
     img[:, :, 10, 12] = 1.0  # one bright pixel
     g = torch.Generator().manual_seed(0)
@@ -140,7 +142,8 @@ def test_augmentation_shifts_and_jitters_within_range():
 
 
 def test_positive_weight_scales_the_loss_of_successes(one_thread):
-    from fleet.learner import LevineLearner, TrainingOptions
+    from fleet.methods.levine.learner import LevineLearner
+    from fleet.learner.config import TrainingOptions
     losses = []
     for w in (1.0, 3.0):
         torch.manual_seed(0)
@@ -151,7 +154,8 @@ def test_positive_weight_scales_the_loss_of_successes(one_thread):
 
 
 def test_learner_trains_a_network_that_takes_the_pre_grasp_image(one_thread):
-    from fleet.learner import LevineLearner, TrainingOptions
+    from fleet.methods.levine.learner import LevineLearner
+    from fleet.learner.config import TrainingOptions
     learner = LevineLearner(NetworkConfig(use_initial_image=True), 1e-3, 0.0,
                             torch.device("cpu"), TrainingOptions(augment_shift=2))
     batch = _batch()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.plan import (CONFIG_DIR, PlanError, camera_flags, fleet_camera, fleet_image_size,
-                        load_arms, node_plan)
+from fleet.ops.plan import (CONFIG_DIR, PlanError, camera_flags, fleet_camera, fleet_image_size,
+                            load_arms, node_plan)
 
 
 def test_default_config_plans_a_sim_arm_and_robot_node_per_arm() -> None:
@@ -80,7 +80,7 @@ def test_missing_config_names_the_default(tmp_path: Path) -> None:
 def test_fleet_sim_passes_exploration_weight_average_and_camera(tmp_path: Path) -> None:
     """What `fleet sim` would start: robots explore as config/robot_node.yaml says unless
     --exploration-policy is given; the learner gets --ema-decay and the arms file's camera."""
-    from fleet.sim_fleet import SimFleetConfig, children
+    from fleet.ops.sim_fleet import SimFleetConfig, children
 
     arms = tmp_path / "arms.yaml"
     arms.write_text("arms: {names: [arm1], defaults: {camera_fov_deg: 40}}")

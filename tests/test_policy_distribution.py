@@ -1,5 +1,5 @@
 """Policy distribution end to end: a real `fleet serve --policies` process, real CURVE client
-sockets on 127.0.0.1, real bundles written the way the learner writes them (fleet.checkpoint),
+sockets on 127.0.0.1, real bundles written the way the learner writes them (fleet.learner.checkpoint),
 rollback through the real `fleet policy` command."""
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import pytest
 import torch
 import zmq
 
-from fleet import protocol as P
-from fleet.bundle import pack_bundle, save_bundle, unpack_bundle
-from fleet.checkpoint import atomic_write_json, write_policy
-from fleet.client import RobotStatus, UploadClient
-from fleet.keys import load_server_keypair
-from fleet.network import GraspSuccessNet
+from fleet.wire import protocol as P
+from fleet.policy.bundle import pack_bundle, save_bundle, unpack_bundle
+from fleet.store.durable import atomic_write_json
+from fleet.policy.folder import write_policy
+from fleet.client.upload_client import RobotStatus, UploadClient
+from fleet.server.keys import load_server_keypair
+from fleet.methods.levine.network import GraspSuccessNet
 from fleet.cli import main as cli_main
 from server_helpers import ServerProcess, client, free_port, make_keys
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from fleet import protocol as P
-from fleet import validation as V
-from fleet.records import encode
+from fleet.wire import protocol as P
+from fleet.wire import validation as V
+from fleet.wire.records import encode
 from server_helpers import make_attempt
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fleet.records import decode, encode
+from fleet.wire.records import decode, encode
 from robot_node.recorder import AttemptRecorder, RecorderError, decode_jpeg, encode_jpeg
 from robot_test_helpers import gradient_image
 
@@ -55,7 +55,7 @@ def test_aborted_attempt_has_no_label():
 
 
 def test_depth_is_recorded_as_a_png_of_millimetres_on_every_step():
-    from fleet.depth_image import decode_depth_png
+    from fleet.wire.depth_image import decode_depth_png
 
     rec = AttemptRecorder(robot_id="arm1", policy_version=0, policy_kind="scripted")
     depth = np.full((64, 64), 0.95, np.float32)

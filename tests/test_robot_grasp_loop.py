@@ -11,8 +11,8 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from fleet.policy import Decision, Policy
-from fleet.records import decode, encode
+from fleet.policy.base import Decision, Policy
+from fleet.wire.records import decode, encode
 from robot_node.grasp_loop import ArmState, ArmTimeout, GraspLoop
 from robot_node.params import NodeConfig
 from robot_test_helpers import gradient_image

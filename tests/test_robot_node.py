@@ -21,8 +21,8 @@ import pytest
 from geometry_msgs.msg import PoseStamped
 from std_msgs.msg import Bool, String
 
-from fleet.depth_image import decode_depth_png
-from fleet.records import decode
+from fleet.wire.depth_image import decode_depth_png
+from fleet.wire.records import decode
 from robot_node.node import STATUS_QOS
 from robot_node.spool import Spool, unpack_frames
 from ros_processes import RosTestNode, wait_for
@@ -168,8 +168,8 @@ def test_estop_halts_motion_and_holds_until_every_source_releases(sim_arm, clien
 
 
 def _save_bundle(path: Path, version: int, corrupt: bool = False) -> None:
-    from fleet.bundle import WEIGHTS_FILE, save_bundle
-    from fleet.network import GraspSuccessNet, NetworkConfig
+    from fleet.policy.bundle import WEIGHTS_FILE, save_bundle
+    from fleet.methods.levine.network import GraspSuccessNet, NetworkConfig
 
     import torch
     torch.manual_seed(version)

@@ -81,7 +81,7 @@ def test_yaml_exploration_reaches_the_floor_within_T_steps():
     """T and the step limit shipped together: the fleet's exploration must get from the start
     height to the tray floor and close there (a short T with small steps closes in the air)."""
     import numpy as np
-    from fleet.policy import Observation
+    from fleet.policy.base import Observation
     from robot_node.policy_runtime import make_exploration
     params = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
     c = NodeConfig(**params)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fleet.bundle import WEIGHTS_FILE, save_bundle
-from fleet.network import GraspSuccessNet, NetworkConfig
+from fleet.policy.bundle import WEIGHTS_FILE, save_bundle
+from fleet.methods.levine.network import GraspSuccessNet, NetworkConfig
 from robot_node.params import ConfigError, NodeConfig
+from fleet.policy.exploration import EXPLORATION_KINDS
 from robot_node.policy_runtime import PIN_FILE, PolicyRuntime, make_exploration
 
 
@@ -52,7 +53,7 @@ def test_a_depth_network_is_refused_on_a_node_without_depth(tmp_path):
     """A bundle whose network takes the aligned depth image (input_spec 'depth') cannot run on
     an arm whose camera gives none: refused, naming the parameter to set; the previous policy
     keeps running. With a depth topic the same bundle loads."""
-    from fleet.grasp_point import GraspPointConfig, GraspPointNet
+    from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
 
     def depth_bundle(path: Path, version: int) -> None:
         torch.manual_seed(version)
@@ -87,9 +88,13 @@ def test_exploration_by_name_or_import_path():
     assert make_exploration("random_descent").kind == "scripted"
     assert make_exploration("random").kind == "random"
     assert make_exploration("robot_test_policies:HugeMotions").kind == "huge"
-    assert make_exploration("fleet.exploration:AimedDescentPolicy").kind == "scripted"
+    assert make_exploration("fleet.policy.exploration:AimedDescentPolicy").kind == "aimed"
     aimed = make_exploration("aimed_descent", 0.03)
     assert type(aimed).__name__ == "AimedDescentPolicy" and aimed.config.limits.max_translation == 0.03
+    # the store tells the two scripted explorations apart, and the learner counts both as
+    # exploration (its publish rule) and `fleet eval` takes either as a baseline
+    assert aimed.kind != make_exploration("random_descent").kind
+    assert {"random", "scripted", "aimed"} == EXPLORATION_KINDS
     with pytest.raises(ConfigError, match="exploration_policy"):
         make_exploration("teleport")
     with pytest.raises(ConfigError, match="cannot be imported"):

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from fleet.client import ClientConfig, RobotStatus, UploadClient
-from fleet.keys import ClientKeys
-from fleet.records import encode
+from fleet.client.upload_client import ClientConfig, RobotStatus, UploadClient
+from fleet.server.keys import ClientKeys
+from fleet.wire.records import encode
 from robot_node.spool import Spool
 from robot_node.uploader import SpoolUploader, attempt_id_of
 from robot_test_helpers import make_attempt
@@ -65,8 +65,8 @@ def test_pushed_policy_is_installed_and_reported_only_once_in_service(tmp_path):
     service (after its swap between attempts), not at download, and gets the status."""
     import torch
 
-    from fleet.checkpoint import write_policy
-    from fleet.network import GraspSuccessNet
+    from fleet.policy.folder import write_policy
+    from fleet.methods.levine.network import GraspSuccessNet
     from robot_node.params import NodeConfig
     from robot_node.policy_runtime import PolicyRuntime
 

@@ -12,9 +12,9 @@ import pytest
 import zmq
 import zmq.auth
 
-from fleet import protocol as P
-from fleet.keys import ClientKeys, create_robot_key
-from fleet.records import encode
+from fleet.wire import protocol as P
+from fleet.server.keys import ClientKeys, create_robot_key
+from fleet.wire.records import encode
 from server_helpers import (ServerProcess, client, free_port, make_attempt, make_keys,
                             stored_ids, upload)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tmpfs import mounted_tmpfs
 
-from fleet.records import encode
+from fleet.wire.records import encode
 from server_helpers import ServerProcess, client, make_attempt, make_keys, stored_ids
 
 

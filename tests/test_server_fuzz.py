@@ -9,9 +9,9 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from fleet import protocol as P
-from fleet.keys import ClientKeys
-from fleet.records import encode
+from fleet.wire import protocol as P
+from fleet.server.keys import ClientKeys
+from fleet.wire.records import encode
 from server_helpers import ServerProcess, client, make_attempt, make_keys, upload
 
 HUGE = b"\xff\xd8" + b"\0" * (3 * 2**20)  # over max_frame_bytes: the socket drops the peer

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import pytest
 
-from fleet.client import ClientConfig, UploadClient
-from fleet.keys import ClientKeys, create_robot_key
+from fleet.client.upload_client import ClientConfig, UploadClient
+from fleet.server.keys import ClientKeys, create_robot_key
 from ros_processes import REPO_ROOT, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ros]

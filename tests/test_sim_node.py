@@ -1,5 +1,5 @@
 """The sim_arm node over real DDS: one sim_bridge process per module (namespace /arm1, its clock
-remapped to /arm1/clock, as fleet/plan.py starts it), driven from an in-test rclpy client."""
+remapped to /arm1/clock, as fleet/ops/plan.py starts it), driven from an in-test rclpy client."""
 from __future__ import annotations
 
 import json

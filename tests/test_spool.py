@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 
-from fleet.records import decode
+from fleet.wire.records import decode
 from robot_node.spool import (MAGIC, Spool, SpoolError, pack_frames, unpack_frames)
 from robot_test_helpers import make_attempt
-from fleet.records import encode
+from fleet.wire.records import encode
 
 
 def test_roundtrip_frames_unchanged(tmp_path):
@@ -96,7 +96,7 @@ def test_kill_during_writes_leaves_only_complete_files(tmp_path):
         import sys
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
         from robot_test_helpers import make_attempt
-        from fleet.records import encode
+        from fleet.wire.records import encode
         from robot_node.spool import Spool
         spool = Spool({str(tmp_path)!r}, 1 << 30)
         print("ready", flush=True)

@@ -17,10 +17,10 @@ import pytest
 from tmpfs import mounted_tmpfs
 from hypothesis import given, settings, strategies as st
 
-from fleet.records import Attempt, Step, encode
-from fleet.store import Store, StoreConfig, StoreFullError, StoreLockedError
-from fleet.store_reader import StorePosition, StoreReader
-from fleet.wal import encode_record, scan
+from fleet.wire.records import Attempt, Step, encode
+from fleet.store.writer import Store, StoreConfig, StoreFullError, StoreLockedError
+from fleet.store.reader import StorePosition, StoreReader
+from fleet.store.wal import encode_record, scan
 
 
 def make_attempt(rng: np.random.Generator, robot_id: str = "arm-0", n_steps: int = 3,
@@ -225,7 +225,7 @@ def test_resumable_iteration_continues_exactly_where_it_stopped(tmp_path, rng):
 def test_frames_of_another_attempt_are_refused(tmp_path, rng):
     a, b = make_attempt(rng), make_attempt(rng)
     with Store(config(tmp_path)) as store:
-        with pytest.raises(ValueError, match="not fleet.records.encode"):
+        with pytest.raises(ValueError, match="not fleet.wire.records.encode"):
             store.append([(a, encode(b))])
         assert not store.contains(a.attempt_id) and not store.contains(b.attempt_id)
 

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fleet.store import Store, StoreConfig
-from fleet.store_reader import StoreReader
+from fleet.store.writer import Store, StoreConfig
+from fleet.store.reader import StoreReader
 
 # The writer: small shards and a fast roller so kills land in appends, rolls and recovery alike.
 # It prints "ack <id>" for every attempt of a batch only after append() returned (when the
@@ -26,7 +26,7 @@ sys.path.insert(0, sys.argv[3])
 import numpy as np
 from pathlib import Path
 from test_store import make_attempt, batch_of
-from fleet.store import Store, StoreConfig
+from fleet.store.writer import Store, StoreConfig
 root, seed = Path(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(seed)
 print("opening", flush=True)

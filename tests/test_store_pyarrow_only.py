@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from fleet.store import Store, StoreConfig
+from fleet.store.writer import Store, StoreConfig
 from test_store import batch_of, make_attempt
 
 READER = r"""

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from fleet.supervisor import ChildSpec, Supervisor, SupervisorConfig
+from fleet.ops.supervisor import ChildSpec, Supervisor, SupervisorConfig
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 # Ignores SIGINT and SIGTERM and spawns a grandchild: only SIGKILL of its group ends both.

@@ -1,0 +1,119 @@
+"""The learner's publish rule, whole: when a trained candidate becomes the next policy version.
+
+The rule (`should_publish`): publish the candidate unless its validation loss is worse than the
+policy in service's (within `publish_tolerance`); publish unchecked while there is no
+validation data; never publish a non-finite loss; and publish whatever the loss says once the
+version in service has lost to exploration on the robots (below).
+
+Why the fleet evidence: the learner used to compare validation losses only. In learning run 3
+(docs/RESULTS.md) a v2 that grasped 5 of its 1,235 fleet attempts stayed in service for 15 of 20 minutes, because its own failures filled the validation set with
+easy negatives and no later network beat its loss there. The store already says how each
+version does on the robots, so a version whose learned attempts succeed less often than the
+exploration attempts (the same robots, scenes from the same distribution) is replaced by the
+next candidate whatever the loss says.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleet.policy.exploration import EXPLORATION_KINDS
+from fleet.store.reader import StoreReader
+
+
+
+@dataclass(frozen=True)
+class FleetRecord:
+    """Labelled fleet attempts of the version in service and of exploration (all versions)."""
+
+    learned_attempts: int
+    learned_successes: int
+    exploration_attempts: int
+    exploration_successes: int
+
+    @property
+    def learned_rate(self) -> float:
+        return self.learned_successes / max(self.learned_attempts, 1)
+
+    @property
+    def exploration_rate(self) -> float:
+        return self.exploration_successes / max(self.exploration_attempts, 1)
+
+
+def fleet_record(reader: StoreReader, version: int) -> FleetRecord:
+    """Counts from the store's attempt index (aborted attempts have no label and are left out).
+    Learned attempts are those of `version` run by a network, whatever its method ("cem",
+    "grasp_point", ...): any kind that is not an exploration kind."""
+    t = reader.attempts().select(["policy_kind", "policy_version", "label"])
+    t = t.filter(pc.is_valid(t["label"]))
+    exploring = pc.is_in(t["policy_kind"], value_set=pa.array(sorted(EXPLORATION_KINDS)))
+    learned = t.filter(pc.and_(pc.invert(exploring), pc.equal(t["policy_version"], version)))
+    explore = t.filter(exploring)
+
+    def successes(x) -> int:
+        return int(pc.sum(pc.cast(x["label"], "int64")).as_py() or 0)
+
+    return FleetRecord(learned.num_rows, successes(learned), explore.num_rows, successes(explore))
+
+
+def losing_to_exploration(reader: StoreReader, version: int, min_attempts: int) -> Optional[str]:
+    """Why version `version` should be replaced (or None): over at least `min_attempts` labelled
+    attempts of each, its learned attempts succeed less often than exploration's.
+    min_attempts <= 0 turns the rule off."""
+    if min_attempts <= 0 or version <= 0:
+        return None
+    r = fleet_record(reader, version)
+    if r.learned_attempts < min_attempts or r.exploration_attempts < min_attempts:
+        return None
+    if r.learned_rate >= r.exploration_rate:
+        return None
+    return (f"v{version} grasped {r.learned_successes}/{r.learned_attempts} "
+            f"({r.learned_rate:.2f}) of its fleet attempts, exploration "
+            f"{r.exploration_successes}/{r.exploration_attempts} ({r.exploration_rate:.2f})")
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """The rule's two knobs (LearnerConfig publish_tolerance, replace_losing_after)."""
+
+    #: publish if the candidate's val loss <= in-service val loss * (1 + tolerance)
+    tolerance: float = 0.0
+    #: replace a version in service that grasps less often than exploration, once each has
+    #: this many labelled fleet attempts; 0: off
+    replace_losing_after: int = 50
+
+
+@dataclass(frozen=True)
+class PublishDecision:
+    """Whether to publish, and why (logged by the learner)."""
+
+    publish: bool
+    reason: str = ""
+    unchecked: bool = False  # published without validation data
+    broken: bool = False  # the candidate's loss is not finite
+
+
+def should_publish(candidate: dict, service: Optional[dict], validation_examples: int,
+                   reader: StoreReader, settings: PublishSettings) -> PublishDecision:
+    """The rule. candidate/service: validation metrics with "loss" (service also "version"),
+    service None when no policy is in service yet."""
+    if validation_examples == 0:
+        return PublishDecision(True, "no validation attempts yet: publishing unchecked",
+                               unchecked=True)
+    if not math.isfinite(candidate["loss"]):
+        return PublishDecision(False, f"validation loss is {candidate['loss']}: not publishing",
+                               broken=True)
+    if service is None:
+        return PublishDecision(True)
+    if candidate["loss"] <= service["loss"] * (1.0 + settings.tolerance):
+        return PublishDecision(True)
+    if losing := losing_to_exploration(reader, service["version"],
+                                       settings.replace_losing_after):
+        return PublishDecision(True, f"publishing although validation loss "
+                                     f"{candidate['loss']:.4f} > {service['loss']:.4f}: {losing}")
+    return PublishDecision(False, f"not publishing: validation loss {candidate['loss']:.4f} is "
+                                  f"worse than {service['loss']:.4f} of the policy in service")
