@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from fleet.methods.registry import Method, register, unregister
+from fleet.registry import Method, register, unregister
 from fleet.policy.bundle import (BundleError, load_bundle, pack_bundle, save_bundle, save_packed,
                                  unpack_bundle)
 from fleet.methods.levine.network import GraspSuccessNet, NetworkConfig, encode_motions

@@ -74,6 +74,17 @@ class Learner(Protocol):
         ...
 
 
+def first_step_only(learner: Learner) -> bool:
+    """Whether the method trains on each attempt's first step only (grasp-point: I_0)."""
+    return bool(getattr(learner, "first_step_only", False))
+
+
+def requires_depth(learner: Learner) -> bool:
+    """Whether the method's network takes depth: it then learns only from attempts that carry
+    depth images, and the others (older or colour-only robots) are left out, with a warning."""
+    return bool(getattr(learner, "requires_depth", False))
+
+
 def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties averaged.
 

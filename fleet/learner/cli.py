@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from fleet.learner.config import LearnerConfig
-from fleet.methods.registry import method_names
+from fleet.registry import method_names
 
 log = logging.getLogger("fleet.learner")
 

@@ -4,8 +4,8 @@ The learner runs beside the fleet, forever or for --steps: worker processes samp
 (picking up new attempts as they are rolled into shards) and decode the JPEGs; every
 `cycle_every_steps` steps or `cycle_every_seconds` seconds rank 0 validates, checkpoints, and
 publishes policy v<N+1> unless the publish rule says no (fleet/learner/publish_rule.py). What is
-trained is the method `method` names (fleet/methods: "grasp_point", the default, or "levine");
-the machinery here knows none of them. docs/learner.md has the details.
+trained is the method `method` names in the registry (fleet/registry.py, one folder each in
+fleet/methods); the machinery here knows none of them. docs/learner.md has the details.
 
     fleet learn --data STORE --out RUN [--method grasp_point] [--steps N] ...
     python -m fleet.learner ...                        (the same)
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from fleet.methods.registry import DEFAULT_METHOD, get_method
+from fleet.registry import DEFAULT_METHOD, get_method
 from fleet.policy.geometry import DEFAULT_EYE, DEFAULT_FOV_DEG, DEFAULT_TARGET
 
 

@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import get_worker_info
 
@@ -109,6 +110,24 @@ def labelled_attempt_counts(reader: StoreReader, val_fraction: float,
           for lab, n in zip(t["label"].to_pylist(), t["num_steps"].to_pylist())]
     val = sum(1 for i, good in zip(ids, ok) if good and is_validation(i, val_fraction))
     return sum(ok) - val, val
+
+
+
+def warn_attempts_without_depth(reader: StoreReader, usable: int, warned: int,
+                                store: object) -> int:
+    """Say once (and again when the number grows tenfold) that labelled attempts without depth
+    are left out of a depth network's training: a robot with no depth topic, or data from
+    before depth. usable: the labelled attempts with depth, already counted by the caller;
+    warned: the count last warned about. Returns the new one."""
+    t = reader.attempts(depth=False)
+    left_out = int(pc.sum(pc.and_(pc.is_valid(t["label"]),
+                                  pc.greater(t["num_steps"], 0))).as_py() or 0)
+    if left_out > 0 and left_out >= 10 * warned:
+        log.warning("%d of %d labelled attempts in %s have no depth images and are not "
+                    "trained on (this network takes depth): give every arm an RGB-D camera, "
+                    "or train without depth (--no-depth)", left_out, left_out + usable, store)
+        return left_out
+    return warned
 
 
 # -- the training stream (runs in DataLoader workers) ----------------------------------------------

@@ -1,7 +1,7 @@
 """The learner's machinery: data loading, DDP, the train/validate/publish cycle, signals.
 
 It drives any `fleet.learner.api.Learner`, made by the method LearnerConfig.method names in the
-registry (fleet/methods/registry.py). Rank 0 alone
+registry (fleet/registry.py). Rank 0 alone
 validates, checkpoints and publishes; every rank trains on its own stream of batches. All ranks
 agree every step on whether to stop (an all-reduce of a flag), so a signal delivered to one
 rank stops all of them at the same step, and rank 0 checkpoints that step before exiting.
@@ -16,20 +16,19 @@ import threading
 import time
 from typing import Any, Iterator, Optional
 
-import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
-from fleet.learner.api import Batch, Learner, PublishFn
+from fleet.learner.api import Batch, Learner, PublishFn, first_step_only, requires_depth
 from fleet.learner.checkpoint import (CheckpointError, load_checkpoint, parameter_checksum,
                                       save_checkpoint)
 from fleet.learner.config import LearnerConfig
 from fleet.learner.dataset import (StoreBatches, ValidationSet, labelled_attempt_counts,
-                                   stream_batches)
+                                   stream_batches, warn_attempts_without_depth)
+from fleet.learner.in_service import InService
 from fleet.learner.publish_rule import PublishSettings, should_publish
-from fleet.methods.registry import get_method
-from fleet.policy.bundle import load_bundle
-from fleet.policy.folder import bundle_path, policies_dir, read_pointer, write_policy
+from fleet.registry import get_method
+from fleet.policy.folder import policies_dir, read_pointer, write_policy
 from fleet.store.durable import atomic_write_json
 from fleet.store.reader import StoreReader
 
@@ -39,17 +38,6 @@ log = logging.getLogger("fleet.learner")
 def make_learner(config: LearnerConfig, device: torch.device) -> Learner:
     """The learning method config.method names (fleet/methods), built for the robots' camera."""
     return get_method(config.method).make_learner(config, device)
-
-
-def first_step_only(learner: Learner) -> bool:
-    """Whether the method trains on each attempt's first step only (grasp-point: I_0)."""
-    return bool(getattr(learner, "first_step_only", False))
-
-
-def requires_depth(learner: Learner) -> bool:
-    """Whether the method's network takes depth: it then learns only from attempts that carry
-    depth images, and the others (older or colour-only robots) are left out, with a warning."""
-    return bool(getattr(learner, "requires_depth", False))
 
 
 class LearnerRun:
@@ -75,7 +63,7 @@ class LearnerRun:
         self.reader: Optional[StoreReader] = None
         self.valset: Optional[ValidationSet] = None
         self.writer = None
-        self._service_cache: tuple[int, Any] = (-1, None)
+        self.in_service = InService(policies_dir(config.out))
         #: (when, labelled training attempts) last counted for the replay-ratio cap
         self._attempts_counted: tuple[float, int] = (-math.inf, 0)
         self._waiting_since: Optional[float] = None
@@ -143,20 +131,9 @@ class LearnerRun:
         log.info("rank %d: resumed from %s at step %d", self.rank, self.cfg.out, self.step)
 
     def _warn_attempts_without_depth(self, reader: StoreReader, usable: int) -> None:
-        """Say once (and again when the number grows tenfold) that labelled attempts without
-        depth are left out: a robot with no depth topic, or data from before depth. usable: the
-        labelled attempts with depth, already counted by the caller."""
-        if not requires_depth(self.learner) or self.rank != 0:
-            return
-        t = reader.attempts(depth=False)
-        left_out = int(pc.sum(pc.and_(pc.is_valid(t["label"]),
-                                      pc.greater(t["num_steps"], 0))).as_py() or 0)
-        if left_out > 0 and left_out >= 10 * self._without_depth_warned:
-            log.warning("%d of %d labelled attempts in %s have no depth images and are not "
-                        "trained on (this network takes depth): give every arm an RGB-D camera, "
-                        "or train without depth (--no-depth)", left_out, left_out + usable,
-                        self.cfg.data)
-            self._without_depth_warned = left_out
+        if requires_depth(self.learner) and self.rank == 0:
+            self._without_depth_warned = warn_attempts_without_depth(
+                reader, usable, self._without_depth_warned, self.cfg.data)
 
     def _wait_for_data(self) -> bool:
         """Block until the store holds min_attempts labelled attempts; False if told to stop."""
@@ -321,27 +298,6 @@ class LearnerRun:
 
     # -- validate, checkpoint, publish (rank 0) -----------------------------------------------
 
-    def _service_metrics(self, pointer: Optional[dict], batches: list) -> Optional[dict]:
-        if pointer is None:
-            return None
-        version = int(pointer["version"])
-        if self._service_cache[0] != version:
-            try:
-                model, _ = load_bundle(bundle_path(policies_dir(self.cfg.out), version))
-            except Exception as exc:  # a damaged or foreign bundle must not stop training
-                log.error("cannot load policy v%d in service (%s): the candidate will replace "
-                          "it if it validates", version, exc)
-                model = None
-            self._service_cache = (version, model)
-        model = self._service_cache[1]
-        if model is None:
-            return {"loss": math.inf, "version": version}
-        try:
-            return {**self.learner.evaluate(batches, model), "version": version}
-        except Exception as exc:
-            log.error("policy v%d in service does not fit this learner (%s)", version, exc)
-            return {"loss": math.inf, "version": version}
-
     def _cycle(self) -> None:
         """Validate the candidate and the policy in service on the same set, checkpoint, and
         publish the candidate unless it is worse."""
@@ -351,7 +307,7 @@ class LearnerRun:
         batches = self.valset.batches()
         cand = self.learner.evaluate(batches)
         pointer = read_pointer(self.cfg.out)
-        service = self._service_metrics(pointer, batches)
+        service = self.in_service.metrics(pointer, self.learner, batches)
         train_n, val_n = labelled_attempt_counts(self.reader, self.cfg.val_fraction,
                                                  requires_depth(self.learner))
         self._warn_attempts_without_depth(self.reader, train_n + val_n)

@@ -46,8 +46,8 @@ class FleetRecord:
 
 def fleet_record(reader: StoreReader, version: int) -> FleetRecord:
     """Counts from the store's attempt index (aborted attempts have no label and are left out).
-    Learned attempts are those of `version` run by a network, whatever its method ("cem",
-    "grasp_point", ...): any kind that is not an exploration kind."""
+    Learned attempts are those of `version` run by a network, whatever its method (each
+    records its own kind): any kind that is not an exploration kind."""
     t = reader.attempts().select(["policy_kind", "policy_version", "label"])
     t = t.filter(pc.is_valid(t["label"]))
     exploring = pc.is_in(t["policy_kind"], value_set=pa.array(sorted(EXPLORATION_KINDS)))

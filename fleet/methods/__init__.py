@@ -1,7 +1,9 @@
-"""Learning methods, one subpackage each, found by name through the registry (registry.py).
+"""Learning methods, one subpackage each, registered by name (fleet/registry.py).
 
 Each method folder holds `network.py` (the network a policy bundle carries), `policy.py` (what
 a robot runs with it) and `learner.py` (its training step), and its `__init__.py` registers
-them under one name. May import: fleet.policy, fleet.learner (learner.py only), fleet.store
-and fleet.wire (for the records it trains on). Nothing outside this folder names a method.
+them under one name. Only learner.py may import the learner's machinery: robots import a
+method's network and policy, never its training code. Nothing outside this folder names a
+method.
+May import: fleet.registry, fleet.policy, fleet.learner, fleet.store, fleet.wire.
 """

@@ -117,7 +117,7 @@ def fleet_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
 
 
 def page() -> bytes:
-    return resources.files("fleet").joinpath("dashboard.html").read_bytes()
+    return resources.files("fleet.monitor").joinpath("dashboard.html").read_bytes()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from fleet.methods.registry import DEFAULT_METHOD, method_names
+from fleet.registry import DEFAULT_METHOD, method_names
 from fleet.ops.plan import (CONFIG_DIR, camera_flags, fleet_camera, fleet_depth, fleet_image_size,
                             load_arms, node_plan)
 from fleet.ops.supervisor import ChildSpec, Supervisor, SupervisorConfig

@@ -12,7 +12,7 @@ the architecture exactly, an input spec that does not match the robot's camera. 
 unpickled (no torch.load). For the wire, `pack_bundle` turns a bundle into one msgpack blob of
 the two files' bytes, and `unpack_bundle` verifies it the same way.
 
-An architecture name is looked up in the method registry (fleet/methods/registry.py): each
+An architecture name is looked up in the method registry (fleet/registry.py): each
 learning method registers the architecture its network is saved as, so a new method's bundles
 load here with no change to this file (bundles assume no one learner).
 """
@@ -31,7 +31,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from fleet.methods.registry import MethodError, by_architecture
+from fleet.registry import MethodError, by_architecture
 from fleet.store.durable import atomic_write
 
 BUNDLE_FORMAT = 1

@@ -2,7 +2,7 @@
 
 A robot (robot_node's PolicyRuntime) and the evaluator (`fleet eval`, which must know the
 policy_kind a bundle's attempts record) both ask here. The bundle's architecture names its
-method in the registry (fleet/methods/registry.py); the method builds the policy from the
+method in the registry (fleet/registry.py); the method builds the policy from the
 network and the robot's servo settings. Nothing here knows any one method.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from fleet.methods.registry import MethodError, by_architecture
+from fleet.registry import MethodError, by_architecture
 from fleet.policy.base import Policy
 
 

@@ -13,7 +13,6 @@ it at the same time.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -23,13 +22,13 @@ from pathlib import Path
 import msgpack
 
 from fleet.wire.records import Attempt
-from fleet.store.shards import (STEPS_DIR, ShardRoller, ensure_dirs, list_shards, read_index,
-                                remove_temp_files, shard_name)
+from fleet.store.recovery import index_shards, recover_wal, take_lock
+from fleet.store.shards import ShardRoller, ensure_dirs, remove_temp_files, shard_name
 from fleet.store.counters import CounterBook, RobotCounters
 from fleet.store.types import (AppendResult, StoreConfig, StoreFullError, StoreHealth,
                                StoreLockedError)
-from fleet.store.wal import WalSegment, list_segments, record_parts, scan, segment_name
-from fleet.store.durable import fsync_dir, fsync_file
+from fleet.store.durable import fsync_dir
+from fleet.store.wal import WalSegment, record_parts, segment_name
 
 __all__ = ["AppendResult", "RobotCounters", "Store", "StoreConfig", "StoreFullError",
            "StoreHealth", "StoreLockedError"]
@@ -64,7 +63,7 @@ class Store:
                         config.shard_max_bytes)
         self.root.mkdir(parents=True, exist_ok=True)
         self._shard_roller = ShardRoller(config.roll_process)
-        self._lock_fd = self._take_lock()
+        self._lock_fd = take_lock(self.root)
         try:
             self._recover()
         except BaseException:
@@ -78,62 +77,14 @@ class Store:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def _take_lock(self) -> int:
-        fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise StoreLockedError(
-                f"store {self.root} is already open for writing by process {holder or '?'}; "
-                f"run one data server per store directory (readers need no lock)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
-
     def _recover(self) -> None:
         """Rebuild ids and counters from the shards, then the WAL; cut torn WAL tails."""
         ensure_dirs(self.root)
         wal_dir = self.root / WAL_DIR
         wal_dir.mkdir(exist_ok=True)
         remove_temp_files(self.root)
-        shards = list_shards(self.root)
-        shard_seqs = {seq for seq, _ in shards}
-        for seq, name in shards:
-            if not (self.root / STEPS_DIR / name).exists():
-                log.error("shard %s has no steps file: its images are lost", name)
-            try:
-                table = read_index(self.root, name, ["attempt_id", "robot_id", "outcome",
-                                                     "policy_version", "stored_at",
-                                                     "encoded_bytes"])
-            except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
-                raise RuntimeError(
-                    f"shard {self.root / 'attempts' / name} is unreadable ({exc}); shards are "
-                    f"written atomically, so this is disk damage: restore it from a backup or "
-                    f"move both part files of that name out of the store, then restart") from exc
-            self._ids.update(table.column("attempt_id").to_pylist())
-            self._counters.add_table(table)
-        self._shards = len(shards)
-        last_seq = max(shard_seqs, default=0)
-        for seq, path in list_segments(wal_dir):
-            last_seq = max(last_seq, seq)
-            if seq in shard_seqs and (self.root / STEPS_DIR / shard_name(seq)).exists():
-                path.unlink()  # rolled just before a crash; its shard is complete
-                continue
-            records, valid_end = scan(path)
-            if valid_end < path.stat().st_size:
-                log.warning("WAL %s: torn tail of %d bytes truncated (an unacked batch)",
-                            path.name, path.stat().st_size - valid_end)
-                os.truncate(path, valid_end)
-                fsync_file(path)
-            if not records:
-                path.unlink()
-                continue
-            for r in records:
-                self._count_new(r.frames, r.stored_at)
-            self._sealed.append((seq, path))
-        fsync_dir(wal_dir)
+        self._shards, shard_seqs = index_shards(self.root, self._ids, self._counters)
+        self._sealed, last_seq = recover_wal(self.root, wal_dir, shard_seqs, self._count_new)
         self._open_segment(last_seq + 1)
         if self._sealed:
             log.info("store %s: %d WAL segment(s) recovered; rolling them into shards",

@@ -4,13 +4,8 @@ network.py: a CNN on gripper-aligned patches of the pre-grasp RGB-D image, resam
 camera model; policy.py: CEM over top-down grasps on I_0, then the scripted descent;
 learner.py: BCE on one example per attempt (I_0, where the gripper closed, label).
 """
-from fleet.methods.registry import Method, register
+from fleet.registry import Method, register
 
-register(Method(
-    name="grasp_point",
-    architecture="grasp_point_cnn",
-    policy_kind="grasp_point",
-    network="fleet.methods.grasp_point.network:build_grasp_point_net",
-    policy="fleet.methods.grasp_point.policy:make_policy",
-    learner="fleet.methods.grasp_point.learner:make_learner",
-    description="grasp-point network over RGB-D patches, open-loop top-down grasp"))
+register(Method.in_package(__name__, architecture="grasp_point_cnn", policy_kind="grasp_point",
+                           description="grasp-point network over RGB-D patches, open-loop "
+                                       "top-down grasp"))

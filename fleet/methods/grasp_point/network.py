@@ -291,6 +291,6 @@ class GraspPointNet(nn.Module):
         return self.score_patches(patches)
 
 
-def build_grasp_point_net(config: dict[str, Any]) -> GraspPointNet:
+def build_network(config: dict[str, Any]) -> GraspPointNet:
     """Registry builder: a config dict (as saved in a bundle) -> an untrained network."""
     return GraspPointNet(GraspPointConfig.from_dict(config))

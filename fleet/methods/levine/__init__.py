@@ -3,13 +3,8 @@
 network.py: g(I, v), the motion tiled over a conv feature map; policy.py: CEM over v with the
 paper's close/raise heuristics; learner.py: BCE on every step (I_t, p_T - p_t, label).
 """
-from fleet.methods.registry import Method, register
+from fleet.registry import Method, register
 
-register(Method(
-    name="levine",
-    architecture="grasp_success_cnn",
-    policy_kind="cem",
-    network="fleet.methods.levine.network:build_grasp_success_net",
-    policy="fleet.methods.levine.policy:make_policy",
-    learner="fleet.methods.levine.learner:make_learner",
-    description="Levine et al. 2016 closed-loop servoing on a grasp success network"))
+register(Method.in_package(__name__, architecture="grasp_success_cnn", policy_kind="cem",
+                           description="Levine et al. 2016: closed-loop servoing on a grasp "
+                                       "success network"))

@@ -183,6 +183,6 @@ class GraspSuccessNet(nn.Module):
         return self.score_features(self.image_features(image, initial_image), motion)
 
 
-def build_grasp_success_net(config: dict[str, Any]) -> GraspSuccessNet:
+def build_network(config: dict[str, Any]) -> GraspSuccessNet:
     """Registry builder: a config dict (as saved in a bundle) -> an untrained network."""
     return GraspSuccessNet(NetworkConfig.from_dict(config))

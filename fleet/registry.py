@@ -15,6 +15,8 @@ training code, and the learner loop, the bundle loader, robot_node's policy fact
 Built-in methods are found by importing every subpackage of fleet/methods; a method defined
 anywhere else (a lab's own package, a test) calls `register` itself, or is listed as an entry
 point in the group "fleet.methods" of its package's metadata (loaded when a name is not found).
+This module sits beside the rooms, not in fleet/methods: the policy side, the learner and the
+methods all import it, and it imports none of them (only by name, at lookup).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+#: Where the built-in methods live, one subpackage each.
+METHODS_PACKAGE = "fleet.methods"
 #: The method `fleet learn` and `fleet sim` train when none is named.
 DEFAULT_METHOD = "grasp_point"
 
@@ -47,6 +51,16 @@ class Method:
     policy: Ref  # (network, version, fleet.policy.factory.ServoSettings) -> Policy
     learner: Ref  # (fleet.learner.config.LearnerConfig, torch.device) -> Learner
     description: str = ""
+
+    @classmethod
+    def in_package(cls, package: str, architecture: str, policy_kind: str,
+                   description: str = "") -> "Method":
+        """A method laid out as fleet/methods' are: named after its package, with
+        network.py:build_network, policy.py:make_policy and learner.py:make_learner."""
+        return cls(name=package.rpartition(".")[2], architecture=architecture,
+                   policy_kind=policy_kind, network=f"{package}.network:build_network",
+                   policy=f"{package}.policy:make_policy",
+                   learner=f"{package}.learner:make_learner", description=description)
 
     def build_network(self, config: dict[str, Any]) -> Any:
         return _resolve(self.network)(config)
@@ -97,7 +111,7 @@ def _discover() -> None:
         if _discovered:
             return
         _discovered = True
-        package = importlib.import_module(__name__.rpartition(".")[0])
+        package = importlib.import_module(METHODS_PACKAGE)
         for info in pkgutil.iter_modules(package.__path__):
             if info.ispkg:
                 importlib.import_module(f"{package.__name__}.{info.name}")
