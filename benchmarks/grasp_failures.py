@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grasp_harness import InProcessArm  # noqa: E402
 
 from fleet.policy.bundle import BundleError, load_bundle  # noqa: E402
-from fleet.evaluation.evaluate import wilson_interval  # noqa: E402
+from fleet.evaluation.counting import wilson_interval  # noqa: E402
 from fleet.policy.exploration import RandomDescentPolicy  # noqa: E402
 from fleet.policy.geometry import half_turn, yaw_of_pose
 from fleet.methods.grasp_point.policy import GraspPointPolicy  # noqa: E402

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleet.policy.cem import CEMConfig  # noqa: E402
 from fleet.learner.dataset import samples_of_attempt  # noqa: E402
-from fleet.evaluation.evaluate import wilson_interval  # noqa: E402
+from fleet.evaluation.counting import wilson_interval  # noqa: E402
 from fleet.policy.exploration import MixedPolicy  # noqa: E402
 from fleet.methods.levine.learner import LevineCollate, LevineLearner  # noqa: E402
 from fleet.learner.config import TrainingOptions

@@ -40,7 +40,7 @@ from grasp_harness import InProcessArm  # noqa: E402
 
 from fleet.learner.dataset import decode_rgb  # noqa: E402
 from fleet.wire.depth_image import decode_depth_png  # noqa: E402
-from fleet.evaluation.evaluate import wilson_interval  # noqa: E402
+from fleet.evaluation.counting import wilson_interval  # noqa: E402
 from fleet.policy.exploration import MixedPolicy  # noqa: E402
 from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet  # noqa: E402
 from fleet.methods.grasp_point.learner import GraspPointLearner, closing_grasps  # noqa: E402

@@ -25,58 +25,16 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from robot_node.grasp_loop import AttemptAborted, ArmState, ArmTimeout
+from robot_node.messages import LATCHED_1, RELIABLE_10, depth_to_array, image_to_array
+from robot_node.messages import NS_PER_S as _NS
+from robot_node.messages import stamp_ns
 from robot_node.params import NodeConfig
-
-RELIABLE_10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                         history=HistoryPolicy.KEEP_LAST)
-LATCHED_1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                       history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-_NS = 1_000_000_000
-
-
-def stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * _NS + int(stamp.nanosec)
-
-
-def image_to_array(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image (rgb8 or bgr8) -> (H, W, 3) uint8 RGB copy."""
-    if msg.encoding not in ("rgb8", "bgr8"):
-        raise ValueError(f"camera encoding {msg.encoding!r} is not supported; publish rgb8")
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-    img = rows[:, :msg.width * 3].reshape(msg.height, msg.width, 3)
-    return (img[:, :, ::-1] if msg.encoding == "bgr8" else img).copy()
-
-
-def depth_to_array(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image aligned depth -> (H, W) float32 m, 0 = no return. REP 118: 16UC1 is
-    uint16 mm (what realsense-ros publishes), 32FC1 float32 m; NaN, inf and values <= 0 read
-    as no return."""
-    if msg.encoding == "16UC1":
-        dtype, per_metre = np.dtype(np.uint16), 1000.0
-    elif msg.encoding == "32FC1":
-        dtype, per_metre = np.dtype(np.float32), 1.0
-    else:
-        raise ValueError(f"depth encoding {msg.encoding!r} is not supported; publish 16UC1 "
-                         "(mm) or 32FC1 (m)")
-    dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<")
-    row_bytes = msg.width * dtype.itemsize
-    if msg.step < row_bytes or len(msg.data) < msg.step * msg.height:
-        raise ValueError(f"depth image {msg.width}x{msg.height} with step {msg.step} holds "
-                         f"{len(msg.data)} bytes")
-    rows = np.frombuffer(msg.data, dtype=np.uint8, count=msg.step * msg.height)
-    rows = rows.reshape(msg.height, msg.step)[:, :row_bytes]
-    depth = np.ascontiguousarray(rows).view(dtype).reshape(msg.height, msg.width)
-    metres = depth.astype(np.float32) / np.float32(per_metre)
-    metres[~(np.isfinite(metres) & (metres > 0))] = 0.0
-    return metres
-
 
 class RosArm:
     """Implements grasp_loop.Arm over the contract's topics."""

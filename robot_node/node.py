@@ -37,7 +37,8 @@ from std_msgs.msg import Bool, String
 from fleet.wire.protocol import RobotStatus
 from fleet.wire.records import Attempt, encode
 from robot_node.spin import spin_in_background
-from robot_node.arm_client import RELIABLE_10, RosArm
+from robot_node.arm_client import RosArm
+from robot_node.messages import RELIABLE_10
 from robot_node.diagnostics import NodeStatus, diagnostic_array
 from robot_node.grasp_loop import GraspLoop
 from robot_node.params import ConfigError, NodeConfig, declare_config

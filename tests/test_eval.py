@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from fleet.policy.bundle import save_bundle
-from fleet.evaluation.evaluate import (EvalConfig, EvalError, PolicyRun, SpoolScanner,
-                                       expand_policies, read_spool_file, summarise,
-                                       wilson_interval)
+from fleet.evaluation.counting import SpoolScanner, read_spool_file, wilson_interval
+from fleet.evaluation.evaluate import EvalConfig, EvalError, PolicyRun, expand_policies, summarise
 from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
 from fleet.methods.levine.network import GraspSuccessNet
 from fleet.wire.records import Attempt, Step, decode, encode

@@ -58,7 +58,7 @@ def test_default_parameter_file_matches_the_simulator_defaults() -> None:
 def test_depth_image_is_16uc1_millimetres_and_robot_node_reads_it_back() -> None:
     """The aligned depth as the sim publishes it (REP 118 16UC1: uint16 mm, 0 = no return) and
     as robot_node reads it (float32 m), both sides of the contract."""
-    from robot_node.arm_client import depth_to_array
+    from robot_node.messages import depth_to_array
 
     depth = np.full((3, 4), 0.9567, np.float32)
     depth[0, :] = [math.nan, math.inf, -1.0, 70.0]  # no return: NaN, inf, negative, > 65.535 m
@@ -75,7 +75,7 @@ def test_depth_image_is_16uc1_millimetres_and_robot_node_reads_it_back() -> None
 
 
 def test_robot_node_reads_32fc1_big_endian_and_padded_rows_and_refuses_other_encodings() -> None:
-    from robot_node.arm_client import depth_to_array
+    from robot_node.messages import depth_to_array
     from sensor_msgs.msg import Image
 
     metres = np.array([[1.25, math.nan, 0.5], [0.0, -2.0, 2.5]], ">f4")

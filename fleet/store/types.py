@@ -26,7 +26,7 @@ class StoreConfig:
     roll_interval: float = 0.5  # how often that thread checks whether a roll is due, s
     roll_retry_seconds: float = 5.0  # wait this long after a failed roll before retrying
     roll_on_close: bool = True  # make everything visible to readers on a clean close
-    #: Roll in a child process (fleet.store.shards.ShardRoller): the roll's Python then never holds
+    #: Roll in a child process (fleet.store.roller.ShardRoller): the roll's Python then never holds
     #: the writer's GIL, so acks do not wait behind it. `fleet serve` turns it on. Off by
     #: default because a spawned child re-imports the caller's __main__: a script that opens a
     #: Store without an `if __name__ == "__main__":` guard would start itself again.

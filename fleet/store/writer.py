@@ -23,7 +23,8 @@ import msgpack
 
 from fleet.wire.records import Attempt
 from fleet.store.recovery import index_shards, recover_wal, take_lock
-from fleet.store.shards import ShardRoller, ensure_dirs, remove_temp_files, shard_name
+from fleet.store.roller import ShardRoller
+from fleet.store.shards import ensure_dirs, remove_temp_files, shard_name
 from fleet.store.counters import CounterBook, RobotCounters
 from fleet.store.types import (AppendResult, StoreConfig, StoreFullError, StoreHealth,
                                StoreLockedError)
