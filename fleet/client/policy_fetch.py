@@ -105,7 +105,7 @@ class PolicyFetcher:
         if len(blob) != size or hashlib.sha256(blob).hexdigest() != sha:
             raise PolicyRefused(f"policy v{version} payload does not match its announced size "
                                 f"and sha256: corrupted on the way")
-        from fleet.policy.bundle import BundleError, unpack_bundle  # torch: only once a policy comes
+        from fleet.policy.bundle import BundleError, unpack_bundle  # torch: only on a policy
 
         try:
             _, meta = unpack_bundle(blob)

@@ -2,7 +2,8 @@
 
 This module owns the socket (connection, CURVE, reconnects, HELLO heartbeats, policy fetches);
 the window's state machine (in flight, re-send deadlines, Done events) is
-fleet/client/window.py. No ROS here: robot_node's uploader wraps this around its spool. The contract with the caller:
+fleet/client/window.py. No ROS here: robot_node's uploader wraps this around its spool. The contract
+with the caller:
 
 - `submit(attempt_id, frames)` while `room() > 0`; the caller keeps its own durable copy.
 - `poll(timeout)` returns `Done` events. `acked` means the attempt is durable on the server and

@@ -1,9 +1,9 @@
 """The upload window of a robot's client: what is in flight, when to (re-)send, the final word.
 
-A pure state machine with no socket (fleet/client/upload_client.py owns that): `UploadWindow` holds at most
-`size` unacked attempts, sends each through the callable it is given, re-sends after a timeout
-that doubles per try (capped), waits the server's `retry_after` on a retryable error, and turns
-an ACK or a final refusal into one `Done` event per attempt, never two (a re-sent attempt may
+A pure state machine with no socket (fleet/client/upload_client.py owns that): `UploadWindow` holds
+at most `size` unacked attempts, sends each through the callable it is given, re-sends after a
+timeout that doubles per try (capped), waits the server's `retry_after` on a retryable error, and
+turns an ACK or a final refusal into one `Done` event per attempt, never two (a re-sent attempt may
 be acked twice: the server deduplicates, the window reports it once).
 """
 from __future__ import annotations

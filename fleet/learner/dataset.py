@@ -14,7 +14,8 @@
   block k // block_batches. So the data position is just the step count: a resumed learner
   draws exactly the batches an uninterrupted one would have (on the same store contents), and
   ranks draw different data.
-- Each worker keeps a bounded cache of decoded frames (fleet/learner/frame_cache.py: `decode_rgb` inside
+- Each worker keeps a bounded cache of decoded frames (fleet/learner/frame_cache.py: `decode_rgb`
+inside
   the collate decodes each distinct JPEG once while it stays cached) and hands batches over
   through a ring of preallocated shared-memory slots (fleet/learner/handover.py). Neither changes
   what a batch holds, only what it costs.

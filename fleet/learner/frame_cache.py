@@ -110,7 +110,7 @@ class FrameCache:
 
     @contextmanager
     def active(self) -> Iterator["FrameCache"]:
-        """Within the block, `active_cache()` (and so `fleet.learner.dataset.decode_rgb`) uses this."""
+        """Within the block, `active_cache()` (so `fleet.learner.dataset.decode_rgb`) uses this."""
         token = _active.set(self)
         try:
             yield self

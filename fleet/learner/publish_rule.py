@@ -6,11 +6,11 @@ validation data; never publish a non-finite loss; and publish whatever the loss 
 version in service has lost to exploration on the robots (below).
 
 Why the fleet evidence: the learner used to compare validation losses only. In learning run 3
-(docs/RESULTS.md) a v2 that grasped 5 of its 1,235 fleet attempts stayed in service for 15 of 20 minutes, because its own failures filled the validation set with
-easy negatives and no later network beat its loss there. The store already says how each
-version does on the robots, so a version whose learned attempts succeed less often than the
-exploration attempts (the same robots, scenes from the same distribution) is replaced by the
-next candidate whatever the loss says.
+(docs/RESULTS.md) a v2 that grasped 5 of its 1,235 fleet attempts stayed in service for 15 of 20
+minutes, because its own failures filled the validation set with easy negatives and no later network
+beat its loss there. The store already says how each version does on the robots, so a version whose
+learned attempts succeed less often than the exploration attempts (the same robots, scenes from the
+same distribution) is replaced by the next candidate whatever the loss says.
 """
 from __future__ import annotations
 

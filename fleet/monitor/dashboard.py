@@ -2,7 +2,7 @@
 
 Routes (stdlib `http.server.ThreadingHTTPServer`, bound to 127.0.0.1 by default):
 
-    GET /              the dashboard (fleet/monitor/dashboard.html: inline JS + hand-drawn SVG, no CDN)
+    GET /              the dashboard (dashboard.html: inline JS + hand-drawn SVG, no CDN)
     GET /api/status    Monitor.snapshot() as JSON: what the page polls
     GET /metrics       Prometheus text format, per-robot labels (a registry of its own)
     GET /healthz       "ok" once the first poll answered, else 503

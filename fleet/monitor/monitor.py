@@ -1,8 +1,8 @@
 """The fleet monitor's core: poll the data server's counters, keep a short history per robot,
 and turn cumulative counts into what an operator watches (rates, success, state, backlog).
 
-No HTTP here (fleet/monitor/dashboard.py serves it, fleet/monitor/status.py prints it). The server only
-knows cumulative counts (per robot: attempts stored, successes, ... since the store began) and
+No HTTP here (fleet/monitor/dashboard.py serves it, fleet/monitor/status.py prints it). The server
+only knows cumulative counts (per robot: attempts stored, successes, ... since the store began) and
 each robot's latest heartbeat; *rates* exist only as differences between polls, so the monitor
 keeps a bounded time series of (time, attempts, successes, failures) per robot and reads rates
 off it. Everything here degrades to None (shown as "—") when the server's reply lacks a field,

@@ -1,8 +1,8 @@
 """The data server: a CURVE-authenticated ROUTER that validates uploads and acks them once durable.
 
 One socket thread (this module) reads requests, validates them and answers everything but
-uploads at once; valid uploads go to the group-commit writer (fleet/server/ingest.py), and their ACKs
-go out only after `Store.append` has returned, i.e. after the fsync. Bad input of any kind gets
+uploads at once; valid uploads go to the group-commit writer (fleet/server/ingest.py), and their
+ACKs go out only after `Store.append` has returned, i.e. after the fsync. Bad input of any kind gets
 an ERROR naming the problem and the server serves everyone else on. When the store is slow the
 socket thread stops reading (ZeroMQ's high-water marks then push back to the robots, which keep
 spooling); when the store refuses writes (disk full) uploads are answered BUSY. The wire format

@@ -73,7 +73,7 @@ STEPS_SCHEMA = pa.schema([
     ("motion", MOTION),  # commanded dx dy dz (m) dyaw (rad), base frame
     ("gripper", pa.float64()),  # finger opening, m
     ("image_jpeg", pa.binary()),  # the camera image before the motion, JPEG
-    # its aligned depth, 16-bit greyscale PNG of mm (fleet/wire/depth_image.py); null: no depth camera
+    # its aligned depth, 16-bit greyscale PNG of mm (wire/depth_image.py); null: no depth camera
     ("depth_png", pa.binary()),
 ], metadata={b"fleet.shard_format": SHARD_FORMAT_VERSION.encode()})
 

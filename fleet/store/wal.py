@@ -3,7 +3,8 @@
 Why a log in front of the Parquet shards: a Parquet file cannot be appended to, and the disk
 here does only ~800 fsyncs/s, so the server cannot write a shard per attempt. Instead every
 batch of attempts is appended to a log segment with ONE write and ONE fdatasync (group commit);
-the store later rolls a sealed segment into an immutable shard (fleet/store/shards.py) and deletes it.
+the store later rolls a sealed segment into an immutable shard (fleet/store/shards.py) and deletes
+it.
 
 Record format (little endian), repeated to the end of a segment file:
 

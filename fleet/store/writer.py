@@ -112,8 +112,9 @@ class Store:
         """Store the new attempts of the batch durably (one fsync) and say which were new.
 
         `attempts` holds each decoded, validated Attempt with its encoded frames
-        (fleet.wire.records.encode of that same attempt: the shards are built from the frames). Raises StoreFullError (nothing stored) when the disk is full
-        or below the reserve; any other OSError also means nothing of the batch was stored.
+        (fleet.wire.records.encode of that same attempt: the shards are built from the frames).
+        Raises StoreFullError (nothing stored) when the disk is full or below the reserve; any other
+        OSError also means nothing of the batch was stored.
         """
         with self._lock:
             if self._closed:

@@ -6,8 +6,8 @@ ROUTER's routing identity, which the application never writes) is a msgpack map,
     {"v": PROTOCOL_VERSION, "type": MsgType, "seq": int, ...type-specific fields}
 
 followed by zero or more raw payload frames. An UPLOAD's payload is the attempt exactly as
-`fleet.wire.records.encode` writes it (record header, then one JPEG frame per step), so an attempt is
-serialised once, on the robot, and never re-encoded on the way to the store.
+`fleet.wire.records.encode` writes it (record header, then one JPEG frame per step), so an attempt
+is serialised once, on the robot, and never re-encoded on the way to the store.
 
 Nothing here is ever unpickled: msgpack with `strict_map_key`, bytes frames, and explicit field
 checks that raise `ProtocolError` carrying the `ErrorCode` to send back. What is checked in an
@@ -42,7 +42,7 @@ class MsgType(enum.IntEnum):
     COUNTERS_REPLY = 31
     POLICY_AVAILABLE = 40  # server -> robot, unsolicited: the fleet's policy is now version N
     FETCH_POLICY = 42  # robot -> server: send me the policy you serve
-    POLICY = 43  # server -> robot: the packed bundle (fleet.policy.bundle.pack_bundle) as one payload
+    POLICY = 43  # server -> robot: the packed bundle (policy.bundle.pack_bundle), one payload
     ERROR = 90  # server -> robot: the request identified by seq was refused
 
 

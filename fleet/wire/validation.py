@@ -1,7 +1,7 @@
 """What the data server checks in an upload before anything of it is stored.
 
-An attempt that passes is well-formed (fleet.wire.records.decode), belongs to the robot whose key sent
-it, has plausible values, and JPEG images of the declared size. Every refusal is a
+An attempt that passes is well-formed (fleet.wire.records.decode), belongs to the robot whose key
+sent it, has plausible values, and JPEG images of the declared size. Every refusal is a
 `ProtocolError` with the error code the server sends back (docs/protocol.md, "Error codes").
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The grasp-point network: p(success | pre-grasp image I_0, top-down grasp at x, y, yaw).
 
-The second grasping method beside Levine et al. 2016's g(I_t, v) (fleet/methods/levine/network.py), after
-Pinto & Gupta 2016 ("Supersizing self-supervision": an image patch around the grasp point,
+The second grasping method beside Levine et al. 2016's g(I_t, v) (fleet/methods/levine/network.py),
+after Pinto & Gupta 2016 ("Supersizing self-supervision": an image patch around the grasp point,
 turned to the gripper's angle, classified as graspable or not). Why it exists: the Levine
 network, trained from scratch on 1,000-2,000 attempts, never separated good from bad grasps on
 held-out attempts (AUC 0.50 +- 0.05, docs/RESULTS.md), while a privileged planner's (x, y, yaw)

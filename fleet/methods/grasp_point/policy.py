@@ -2,12 +2,12 @@
 
 At the first step of an attempt the cross-entropy method (fleet/policy/cem.py, the same optimiser
 Levine et al. servo with) searches top-down grasps (x, y, yaw) over the workspace for the one
-the grasp-point network (fleet/methods/grasp_point/network.py) scores highest on the pre-grasp image. The
-gripper then goes there exactly as the scripted exploration does (fleet/policy/exploration.py
-`RandomDescentPolicy`): over the point at the start height while turning, down to the tray
-floor, close on arrival. Why decide once: from the over-the-shoulder camera the descending hand
-hides the objects it approaches, so later images say less about the grasp than I_0 does; and
-the scene does not move until the fingers touch it.
+the grasp-point network (fleet/methods/grasp_point/network.py) scores highest on the pre-grasp
+image. The gripper then goes there exactly as the scripted exploration does
+(fleet/policy/exploration.py `RandomDescentPolicy`): over the point at the start height while
+turning, down to the tray floor, close on arrival. Why decide once: from the over-the-shoulder
+camera the descending hand hides the objects it approaches, so later images say less about the grasp
+than I_0 does; and the scene does not move until the fingers touch it.
 
 Exploration inside the learned policy (beside MixedPolicy's share of scripted attempts): with
 probability `explore_top` the grasp is drawn among the best CEM samples in proportion to their
