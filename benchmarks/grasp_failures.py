@@ -84,16 +84,18 @@ class PlannerPolicy(RandomDescentPolicy):
         return target
 
 
-def run_chunk(job: tuple[str, str, int, int]) -> list[dict[str, Any]]:
-    """One worker: n attempts of one policy ('bundle' or 'planner') from one scene seed."""
-    which, bundle, seed, n = job
+def run_chunk(job: tuple[str, str, int, int, int]) -> list[dict[str, Any]]:
+    """One worker: n attempts of one policy ('bundle' or 'planner') from one scene seed, with
+    `objects` per tray (5, or 15 for the clutter benchmark)."""
+    which, bundle, seed, n, objects = job
     torch.set_num_threads(1)
     model, meta = load_bundle(bundle)
     size = meta.input_spec["image_height"]
     node = NodeConfig(arm_id="probe", seed=seed, image_width=size, image_height=size)
     notes: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    with SimArm(SimConfig(split="test", seed=seed, image_width=size, image_height=size)) as sim:
+    with SimArm(SimConfig(split="test", seed=seed, image_width=size, image_height=size,
+                          num_objects=objects)) as sim:
         attempts: list = []
         loop = GraspLoop(node, InProcessArm(sim), attempts.append)
         policy = ProbedPolicy(model, meta.version, sim, notes) if which == "bundle" \
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=25, help="attempts per worker job")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    p.add_argument("--num-objects", type=int, default=5,
+                   help="objects per tray (default 5; 15: the clutter benchmark)")
     args = p.parse_args(argv)
     try:
         _, meta = load_bundle(args.policy)
@@ -158,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
               for k in range(math.ceil(args.attempts / args.chunk))]
     t0 = time.time()
     with mp.get_context("spawn").Pool(args.workers) as pool:
-        jobs = [(w, str(args.policy), s, n) for w in ("bundle", "planner") for s, n in chunks]
+        jobs = [(w, str(args.policy), s, n, args.num_objects) for w in ("bundle", "planner")
+                for s, n in chunks]
         parts = pool.map(run_chunk, jobs, chunksize=1)
     half = len(chunks)
     rows = [r for part in parts[:half] for r in part]
     reference = [r for part in parts[half:] for r in part]
     summary = {"policy": str(args.policy), "version": meta.version, "seed": args.seed,
+               "num_objects": args.num_objects,
                "wall_s": round(time.time() - t0, 1), **summarise(rows, reference)}
     s = summary
     print(f"v{meta.version}: success {s['success']:.2f} ({s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}, "

@@ -36,11 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleet.policy.folder import read_pointer  # noqa: E402
 from fleet.evaluation.evaluate import EvalConfig, evaluate  # noqa: E402
+from fleet.ops.plan import CONFIG_DIR  # noqa: E402
 from fleet.ops.sim_fleet import SimFleetConfig, children  # noqa: E402
 from fleet.ops.supervisor import Supervisor, SupervisorConfig  # noqa: E402
 
 log = logging.getLogger("learning_run")
 NAME = "learning_run"
+ARMS_YAML = CONFIG_DIR / "arms.yaml"
 
 
 @dataclass
@@ -69,6 +71,9 @@ class RunConfig:
     learner_samples_per_attempt: float = 32.0
     learner_ema_decay: float = 0.0  # learner --ema-decay (run 7: 0.995)
     exploration_policy: str = ""  # robot_node exploration_policy; "": config/robot_node.yaml's
+    # objects per tray, for the fleet and for evaluation: 5 (config/arms.yaml's) or 15, the
+    # clutter benchmark (success = any object lifted, as the sim labels every attempt)
+    num_objects: int = 5
     target_success: float = 0.8
     target_attempts: int = 20000
     target_hours: float = 2.0
@@ -147,7 +152,7 @@ def eval_config(cfg: RunConfig, out: Path, policies: list[Path], attempts: int,
                 baselines: tuple[str, ...] = ()) -> EvalConfig:
     return EvalConfig(policies=policies, out=out, attempts=attempts, arms=cfg.eval_arms,
                       baselines=baselines, seed=cfg.seed, timeout_s=cfg.eval_timeout_s,
-                      ros_domain_id=cfg.eval_ros_domain_id)
+                      ros_domain_id=cfg.eval_ros_domain_id, num_objects=cfg.num_objects)
 
 
 def measure(cfg: RunConfig, out: Path, policies: list[Path], attempts: int,
@@ -187,10 +192,25 @@ def checkpoint(cfg: RunConfig, sup: Supervisor, clock: Clock, attempts: int,
     return point
 
 
+def fleet_plan(cfg: RunConfig) -> Path:
+    """config/arms.yaml, or a copy in the run's data dir with the run's objects per tray (the
+    copy is kept beside the curve, so the run says what it trained on)."""
+    import yaml
+
+    plan = yaml.safe_load(ARMS_YAML.read_text())
+    if plan["arms"]["defaults"].get("num_objects") == cfg.num_objects:
+        return ARMS_YAML
+    plan["arms"]["defaults"]["num_objects"] = cfg.num_objects
+    path = cfg.data_dir / "arms.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
 def collect(cfg: RunConfig) -> tuple[list[Point], Clock, dict[str, int]]:
     """Run the fleet for the budget, with a checkpoint every K attempts / M minutes and one
     at the end; returns the points, the clock and the supervisor's restart counts."""
-    fleet = SimFleetConfig(arms=cfg.arms, data_dir=cfg.data_dir, ros_domain_id=cfg.ros_domain_id,
+    fleet = SimFleetConfig(arms=cfg.arms, config=fleet_plan(cfg),
+                           data_dir=cfg.data_dir, ros_domain_id=cfg.ros_domain_id,
                            port=cfg.port, metrics_port=cfg.metrics_port,
                            learner_min_attempts=cfg.learner_min_attempts,
                            learner_cycle_s=cfg.learner_cycle_s,
@@ -302,7 +322,9 @@ def plot(curve: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("grasp success, unseen (test) objects")
     axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"learning run: {curve['config']['arms']} arm(s), "
+    fig.suptitle(f"learning run ({curve['config'].get('learner_method')}, "
+                 f"{curve['config'].get('num_objects', 5)} objects per tray): "
+                 f"{curve['config']['arms']} arm(s), "
                  f"{curve['config']['eval_attempts']} eval attempts per policy")
     fig.tight_layout()
     fig.savefig(path)
@@ -326,7 +348,10 @@ def headline(curve: dict) -> str:
     # the best rate, where it was first measured; with nothing above zero, the run's end
     best = max(pts, key=lambda p: (p["success"], -p["attempts"]))
     best = best if best["success"] > 0 else pts[-1]
-    return (f"{NAME}: {best['success']:.2f} success on unseen objects after {best['attempts']} "
+    n = int(curve["config"].get("num_objects", 5))
+    where = "" if n == 5 else f" in trays of {n}"
+    return (f"{NAME}: {best['success']:.2f} success on unseen objects{where} after "
+            f"{best['attempts']} "
             f"attempts, {best['hours']:.2f} h {tail}")
 
 
@@ -386,9 +411,10 @@ def main(argv: Optional[list[str]] = None) -> int:
               "eval_timeout_s", "seed", "ros_domain_id", "eval_ros_domain_id", "port",
               "metrics_port", "learner_min_attempts", "learner_cycle_s", "learner_cycle_steps",
               "learner_method", "learner_samples_per_attempt", "learner_ema_decay",
-              "exploration_policy"):
+              "exploration_policy", "target_success", "num_objects"):
         flag = "--data" if f == "data_dir" else "--" + f.replace("_", "-")
-        p.add_argument(flag, dest=f, type=type(getattr(d, f)), default=None,
+        also = ("--method",) if f == "learner_method" else ()  # the name the issues use
+        p.add_argument(flag, *also, dest=f, type=type(getattr(d, f)), default=None,
                        help=f"default {getattr(d, f)}")
     p.add_argument("--fresh", action="store_true", help="delete the data dir first")
     args = p.parse_args(argv)

@@ -166,13 +166,17 @@ class GraspLoop:
             self._phase("servo")
             for step in range(c.max_steps):
                 decision = self._decide(policy, last, step, initial_image, initial_depth)
-                motion = (0.0, 0.0, 0.0, 0.0) if decision.close else \
+                still = decision.close or decision.gripper is not None
+                motion = (0.0, 0.0, 0.0, 0.0) if still else \
                     self.workspace.clip_motion(last.ee_pose, decision.motion)
                 rec.add_step(last.image, last.ee_pose, motion, last.gripper, last.image_stamp,
                              depth=last.depth)
                 if decision.close:
                     break
-                last = self._move(last, motion)
+                if decision.gripper is not None:
+                    last = self._drive_gripper(rec, decision.gripper)
+                else:
+                    last = self._move(last, motion)
             self._phase("close")
             last = self.arm.gripper(0.0, c.motion_timeout)
             final_pose, closed = last.ee_pose, last.gripper
@@ -221,7 +225,8 @@ class GraspLoop:
                           max_steps=c.max_steps,
                           workspace_min=np.asarray(c.workspace_min, float),
                           workspace_max=np.asarray(c.workspace_max, float),
-                          initial_image=initial_image, initial_depth=initial_depth)
+                          initial_image=initial_image, initial_depth=initial_depth,
+                          depth=last.depth, gripper=float(last.gripper))
         self.on_decision(True)
         started = time.monotonic()
         try:
@@ -236,6 +241,14 @@ class GraspLoop:
                                          - started, 4)
         self._check()  # a stall or e-stop during the decision: its motion must not go out
         return decision
+
+    def _drive_gripper(self, rec: AttemptRecorder, command: str) -> ArmState:
+        """A gripper command within the attempt (re-grasping). The record keeps the steps'
+        format: the step has zero motion, and the next step's finger opening shows what the
+        command did; extra["gripper_steps"] lists (step, command) for readers."""
+        c = self.config
+        rec.extra.setdefault("gripper_steps", []).append([len(rec.steps) - 1, command])
+        return self.arm.gripper(0.0 if command == "close" else c.gripper_open, c.motion_timeout)
 
     def _move(self, last: ArmState, motion: Sequence[float]) -> ArmState:
         """Execute a motion as twists within the speed limits, never leaving the workspace

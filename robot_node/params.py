@@ -8,6 +8,7 @@ parameters (each with a `ParameterDescriptor` whose description is the field's d
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -35,6 +36,10 @@ class NodeConfig:
 
     arm_id: str = _p("", "Robot id recorded in every attempt; empty = the node's namespace "
                          "without '/' (e.g. arm1).")
+    host: str = _p("", "The machine this arm runs on, reported to the data server in every "
+                       "heartbeat and shown by the dashboard and `fleet status`; empty = this "
+                       "computer's host name (socket.gethostname()). A scheduler that places "
+                       "arms (e.g. a Ray actor) passes its own node id.")
     # Topics and services, relative to the arm's namespace (docs/ros-interfaces.md).
     image_topic: str = _p("camera/image_raw", "sensor_msgs/Image rgb8 camera topic.")
     depth_topic: str = _p(DEFAULT_DEPTH_TOPIC,
@@ -208,5 +213,6 @@ def declare_config(node: Any) -> NodeConfig:
     config = NodeConfig(**values)
     if not config.arm_id:
         config.arm_id = node.get_namespace().strip("/").replace("/", "_") or "arm"
+    config.host = config.host.strip() or socket.gethostname()
     config.validate()
     return config

@@ -1,6 +1,6 @@
 """Which policy runs the next attempt: the newest good policy bundle (the servo policy of its
-architecture, fleet/policy/factory.py and the method registry: CEM over the Levine grasp network, or the grasp-point
-policy), mixed with exploration, or exploration alone before any network exists.
+architecture, fleet/policy/factory.py and the method registry: CEM over the Levine grasp network, or
+the grasp-point policy), mixed with exploration, or exploration alone before any network exists.
 
 Bundles are looked for between attempts only, so a policy is never swapped mid-attempt. A bundle
 that fails to load (bad checksum, wrong camera size, a network that takes depth on a node without

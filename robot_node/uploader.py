@@ -16,11 +16,13 @@ next 5 s heartbeat.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Optional
 
 from fleet.client.upload_client import ClientConfig, RobotStatus, UploadClient
+from fleet.server.binding import secret_mode_problem
 from fleet.server.keys import ClientKeys
 from robot_node.params import ConfigError, NodeConfig
 from robot_node.policy_runtime import PIN_FILE, bundle_dir_name
@@ -60,13 +62,18 @@ class SpoolUploader:
             raise ConfigError("server_address is set, so robot_secret_key and "
                               "server_public_key must name this robot's secret key file and "
                               "the server's public key file (see `fleet keys create`)")
+        problem = Path(config.robot_secret_key).exists() and \
+            secret_mode_problem(Path(config.robot_secret_key))
+        if problem:  # as ssh does with a private key: refuse, and say how to fix it
+            raise ConfigError(f"robot_secret_key: {problem}")
         keys = ClientKeys.from_files(Path(config.robot_secret_key),
                                      Path(config.server_public_key))
         bundle_dir = Path(config.bundle_path) if config.bundle_path else None
         if bundle_dir is None:
             log.warning("bundle_path is empty: policies the server pushes are not installed")
         return cls(spool, ClientConfig(endpoint=config.server_address, robot_id=config.arm_id,
-                                       keys=keys), bundle_dir=bundle_dir)
+                                       keys=keys, host=config.host or socket.gethostname()),
+                   bundle_dir=bundle_dir)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="spool-uploader", daemon=True)

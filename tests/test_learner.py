@@ -138,6 +138,24 @@ def test_a_version_grasping_less_than_exploration_is_flagged(tmp_path):
     assert losing_to_exploration(reader, 2, min_attempts=50) is None  # 0.50 beats 0.25
 
 
+@pytest.mark.timeout(90)
+def test_workers_forked_after_this_process_used_opencvs_pool_still_deliver(store_dir):
+    """OpenCV's thread pool is not fork-safe: a worker forked after the parent used it hung in
+    its first cv2 call (CI at 84b5521). The stream must stop the pool before it forks."""
+    cv2.setNumThreads(2)
+    big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    for _ in range(3):  # starts the pool in this process
+        cv2.resize(cv2.imdecode(cv2.imencode(".png", big)[1], cv2.IMREAD_COLOR), (1280, 960))
+    batches = StoreBatches(store_dir, LevineCollate(64, 64, 0.1), 32, seed=3, rank=0,
+                           start_batch=0, val_fraction=0.2)
+    stream = stream_batches(batches, workers=2)
+    try:
+        got = [next(stream) for _ in range(2)]
+    finally:
+        stream.close()
+    assert [b["image"].shape for b in got] == [(32, 3, 64, 64)] * 2
+
+
 def test_stream_is_deterministic_per_rank_and_excludes_validation(store_dir):
     collate = LevineCollate(64, 64, 0.1)
     reader = StoreReader(store_dir)

@@ -16,27 +16,39 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = re.compile(
-    r"^learning_run: (?:(?P<rate>[01]\.\d\d) success on unseen objects after (?P<att>\d+) "
-    r"attempts, (?P<h>\d+\.\d\d) h|no policy published after \d+ attempts, \d+\.\d\d h: "
+    r"^learning_run: (?:(?P<rate>[01]\.\d\d) success on unseen objects(?: in trays of \d+)? "
+    r"after (?P<att>\d+) attempts, (?P<h>\d+\.\d\d) h|no policy published after \d+ attempts, \d+\.\d\d h: "
     r"nothing to evaluate) \(random (?P<random>[01]\.\d\d|n/a), scripted "
-    r"(?P<scripted>[01]\.\d\d|n/a); target 0\.8 in 20000 attempts / 2 h\)$")
+    r"(?P<scripted>[01]\.\d\d|n/a); target (?P<target>[01]\.\d+) in 20000 attempts / 2 h\)$")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_quick_run_writes_curve_png_and_headline(tmp_path):
+@pytest.mark.parametrize("method, target, objects, offset", [
+    ("grasp_point", "0.8", 5, 0),
+    ("qtopt", "0.92", 15, 10),  # the closed-loop method, on the clutter benchmark
+])
+def test_quick_run_writes_curve_png_and_headline(tmp_path, method, target, objects, offset):
     data = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "learning_run.py"), "--quick",
-         "--data", str(data), "--ros-domain-id", "64", "--eval-ros-domain-id", "65",
-         "--port", "5870", "--metrics-port", "5871"],
+         "--method", method, "--target-success", target, "--num-objects", str(objects),
+         "--data", str(data), "--ros-domain-id", str(64 + offset),
+         "--eval-ros-domain-id", str(65 + offset), "--port", str(5870 + offset),
+         "--metrics-port", str(5871 + offset)],
         cwd=ROOT, capture_output=True, text=True, timeout=140)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     m = HEADLINE.match(last)
     assert m, f"headline line has the wrong format: {last!r}"
+    assert m.group("target") == target
 
     curve = json.loads((data / "learning_curve.json").read_text())
+    assert curve["config"]["learner_method"] == method
+    assert curve["config"]["num_objects"] == objects
+    assert (f" in trays of {objects} " in last) == (objects != 5 and m.group("rate") is not None)
+    if objects != 5:  # the fleet ran on a plan with the run's trays, kept beside the curve
+        assert f"num_objects: {objects}" in (data / "arms.yaml").read_text()
     png = (data / "learning_curve.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     assert set(curve["baselines"]) == {"random", "scripted"}

@@ -40,7 +40,8 @@ def tiny():
 
 
 def test_builtin_methods_agree_with_their_networks_and_policies():
-    assert {"grasp_point", "levine"} <= set(method_names()) and DEFAULT_METHOD == "grasp_point"
+    assert {"grasp_point", "levine", "qtopt"} <= set(method_names())
+    assert DEFAULT_METHOD == "grasp_point"
     for name, method in methods().items():
         net = method.build_network({})  # the config's defaults
         assert net.architecture == method.architecture, name
@@ -51,8 +52,9 @@ def test_builtin_methods_agree_with_their_networks_and_policies():
 
 
 def test_unknown_names_and_clashes_say_what_exists():
-    with pytest.raises(ValueError, match=r"unknown learning method 'qtopt'.*grasp_point.*levine"):
-        LearnerConfig(data=Path("d"), out=Path("o"), method="qtopt")
+    with pytest.raises(ValueError,
+                       match=r"unknown learning method 'no_such_method'.*grasp_point.*levine"):
+        LearnerConfig(data=Path("d"), out=Path("o"), method="no_such_method")
     with pytest.raises(MethodError, match="unknown architecture 'nope'"):
         by_architecture("nope")
     clash = Method(name="other", architecture=get_method("levine").architecture,
@@ -110,22 +112,25 @@ def test_fleet_learn_is_a_subcommand_with_the_learners_flags(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert read_pointer(out)["version"] >= 1
     assert json.loads((out / "checkpoint.json").read_text())["step"] == 20
-    bad = subprocess.run([sys.executable, "-m", "fleet.cli", "learn", "--method", "qtopt",
-                          "--data", str(store), "--out", str(out)],
+    bad = subprocess.run([sys.executable, "-m", "fleet.cli", "learn", "--method",
+                          "no_such_method", "--data", str(store), "--out", str(out)],
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "invalid choice: 'qtopt'" in bad.stderr
+    assert bad.returncode == 2 and "invalid choice: 'no_such_method'" in bad.stderr
 
 
-def test_a_robot_loading_a_bundle_imports_no_training_code(tmp_path):
+@pytest.mark.parametrize("method,net,config", [("grasp_point", "GraspPointNet", "GraspPointConfig"),
+                                                ("qtopt", "QNet", "QNetConfig")])
+def test_a_robot_loading_a_bundle_imports_no_training_code(tmp_path, method, net, config):
     """LeRobot's rule: a factory keyed by name imports a method lazily, so robots never import
-    training code (the learner loop, the supervised base, a method's learner.py)."""
+    training code (the learner loop, the supervised base, a method's learner.py, QT-Opt's
+    Bellman updaters)."""
     script = f"""
 import sys, torch
-from fleet.methods.grasp_point.network import GraspPointNet, GraspPointConfig
+from fleet.methods.{method}.network import {net}, {config}
 from fleet.policy.bundle import save_bundle
-save_bundle({str(tmp_path / 'v1')!r}, GraspPointNet(GraspPointConfig()), version=1)
+save_bundle({str(tmp_path / 'v1')!r}, {net}({config}()), version=1)
 for name in list(sys.modules):
-    if name.startswith("fleet.methods.grasp_point"):
+    if name.startswith("fleet.methods.{method}"):
         del sys.modules[name]
 from robot_node.params import NodeConfig
 from robot_node.policy_runtime import PolicyRuntime
@@ -140,6 +145,7 @@ print(sorted(m for m in sys.modules if m.startswith("fleet.")))
     loaded, modules = r.stdout.strip().splitlines()[-2:]
     assert "loaded policy bundle" in loaded
     imported = eval(modules)
-    assert "fleet.methods.grasp_point.policy" in imported
-    training = [m for m in imported if m.startswith("fleet.learner") or m.endswith(".learner")]
+    assert f"fleet.methods.{method}.policy" in imported
+    training = [m for m in imported if m.startswith("fleet.learner") or m.endswith(
+        (".learner", ".bellman"))]
     assert training == [], training

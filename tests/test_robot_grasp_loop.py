@@ -186,3 +186,40 @@ def test_without_a_scene_service_the_gripper_releases_after_storing():
     loop = GraspLoop(replace(CFG, reset_service="none"), arm, sink)
     loop.run_attempt(GoTo((0.55, 0.0, 0.03)), np.random.default_rng(0))
     assert arm.commands[-1] == "gripper 0.04" and stored[0][-1] == "twist"  # stored, then release
+
+
+class Regrasp(Policy):
+    """Misses on purpose, closes on nothing, lifts a little, reopens, then grasps the object:
+    the re-grasp a closed-loop policy may do within one attempt (Decision.gripper)."""
+
+    kind = "test-regrasp"
+
+    def reset(self, rng):
+        self.script = [Decision(np.array([-0.05, 0.0, -0.27, 0.0]), close=False),  # -> the miss
+                       Decision(np.zeros(4), close=False, gripper="close"),
+                       Decision(np.array([0.0, 0.0, 0.03, 0.0]), close=False),  # lift a little
+                       Decision(np.zeros(4), close=False, gripper="open"),
+                       Decision(np.array([0.05, 0.0, -0.03, 0.0]), close=False),  # onto it
+                       Decision(np.zeros(4), close=True)]
+
+    def decide(self, obs):
+        return self.script[obs.step]
+
+
+def test_a_policy_may_close_lift_reopen_and_grasp_again_within_one_attempt():
+    arm = KinematicArm()
+    _, attempt, stored = run(arm, Regrasp())
+    assert attempt.outcome == "success" and stored == [attempt]
+    assert arm.commands.count("gripper 0.0") == 2, arm.commands  # the miss, then the grasp
+    back = decode(encode(attempt))  # the record's format is unchanged: the steps show it
+    assert back.extra["gripper_steps"] == [[1, "close"], [3, "open"]]
+    assert [s.motion for s in back.steps[1:4:2]] == [(0.0, 0.0, 0.0, 0.0)] * 2
+    openings = [s.gripper for s in back.steps]
+    assert openings[2] == openings[3] == pytest.approx(0.0005), "closed on nothing"
+    assert openings[4] == pytest.approx(2 * CFG.gripper_open), "reopened"
+    assert back.final_pose[:3] == pytest.approx((0.55, 0.0, 0.03))
+
+
+def test_an_unknown_gripper_command_is_refused_by_name():
+    with pytest.raises(ValueError, match="Decision.gripper must be one of"):
+        Decision(np.zeros(4), close=False, gripper="squeeze")

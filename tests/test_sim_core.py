@@ -10,7 +10,7 @@ import pytest
 
 from sim_bridge.core import SimArm, SimConfig, yaw_of
 from sim_bridge.objects import catalogue, is_test_object
-from sim_bridge.scripted import grasp_label, scripted_grasp
+from sim_bridge.scripted import grasp_label, plan_grasp, scripted_grasp
 
 POSITION_TOLERANCE = 0.005  # m: move_to lands within this of the target (docs/sim.md)
 SERVO_TOLERANCE = 0.003  # m: servo displacement within this of velocity * duration
@@ -175,6 +175,35 @@ def test_scripted_grasp_of_a_simple_object_lifts_it():
         arm.move_to((0.5, 0.1, 0.3), 0.0)
         arm.set_fingers([0.0, 0.0])
         assert not grasp_label(arm.gripper_opening()) and not arm.ground_truth()["any_lifted"]
+
+
+def test_fingers_may_close_and_reopen_at_any_time_within_an_attempt():
+    """The sim side of re-grasping (Decision.gripper): close on nothing, lift a little, reopen,
+    grasp the object, turn and lift it while held, and let it go by reopening mid-air."""
+    with SimArm(SimConfig(num_objects=1, seed=1)) as arm:
+        arm.reset([SIMPLE_OBJECT])
+        plan = plan_grasp(arm, np.random.default_rng(0))
+        assert plan is not None
+        floor = arm.config.tray_floor_z
+        arm.move_to((plan.x + 0.08, plan.y, plan.z + 0.05), plan.yaw)  # beside it: a miss
+        arm.move_to((plan.x + 0.08, plan.y, plan.z), plan.yaw)
+        arm.set_fingers([0.0, 0.0])
+        assert not grasp_label(arm.gripper_opening()), "closed on nothing"
+        arm.servo([0.0, 0.0, 0.3], 0.0)  # lift a little, 3 cm
+        arm.set_fingers([0.04, 0.04])  # reopen mid-attempt
+        assert arm.gripper_opening() > 0.07
+        arm.move_to((plan.x, plan.y, plan.z + 0.05), plan.yaw)
+        arm.move_to((plan.x, plan.y, plan.z), plan.yaw)
+        arm.set_fingers([0.0, 0.0])
+        assert grasp_label(arm.gripper_opening()), "the second close holds it"
+        for _ in range(4):  # lift while turning: what it holds stays held
+            arm.servo([0.0, 0.0, 0.5], 1.0)
+        arm.move_to((plan.x, plan.y, floor + 0.25), plan.yaw + 0.4)
+        assert arm.ground_truth()["any_lifted"] and grasp_label(arm.gripper_opening())
+        arm.set_fingers([0.04, 0.04])  # reopen with it in the air: it falls back
+        for _ in range(10):
+            arm.servo([0.0, 0.0, 0.0], 0.0)
+        assert not arm.ground_truth()["any_lifted"]
 
 
 def test_sensors_camera_and_several_arms_per_process(arm):

@@ -79,6 +79,20 @@ def first_step_only(learner: Learner) -> bool:
     return bool(getattr(learner, "first_step_only", False))
 
 
+def uses_transitions(learner: Learner) -> bool:
+    """Whether the method learns from transitions (s_t, a_t, s_t+1): each training sample then
+    carries its attempt's next step (StepSample.next_step; a Q-learner's Bellman target)."""
+    return bool(getattr(learner, "uses_transitions", False))
+
+
+def online_fraction(learner: Learner, configured: Optional[float]) -> float:
+    """The share of each batch drawn from the newest attempts: `configured` (--online-fraction)
+    when given, else the method's own `online_fraction` (0: none, every stored step alike)."""
+    if configured is not None:
+        return float(configured)
+    return float(getattr(learner, "online_fraction", 0.0))
+
+
 def requires_depth(learner: Learner) -> bool:
     """Whether the method's network takes depth: it then learns only from attempts that carry
     depth images, and the others (older or colour-only robots) are left out, with a warning."""

@@ -46,6 +46,45 @@ class TrainingOptions:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
+@dataclass(frozen=True)
+class QLearningOptions:
+    """Every hyperparameter of a Q-learning method's targets, in one place (each is a
+    LearnerConfig field and a `fleet learn` flag too). Defaults: Kalashnikov et al. 2018's
+    discount and step cost; the target networks' pace and the CEM scaled to a 2-core CPU."""
+
+    #: gamma of the Bellman target r + gamma * V(s_t+1).
+    discount: float = 0.9
+    #: Reward of every step before the gripper closes is -step_cost: quicker grasps are worth
+    #: more. The closing step's reward is the attempt's label (1: an object lifted).
+    step_cost: float = 0.05
+    #: Polyak averaging of the first target network, per training step:
+    #: target <- polyak * target + (1 - polyak) * online (the paper: 0.9999 over millions of
+    #: steps; 0.995 follows the last ~200 steps of a short run).
+    target_polyak: float = 0.995
+    #: The second target network is the first one as it was this many steps ago (refreshed
+    #: every target_lag_steps); V takes the minimum of both (clipped double Q).
+    target_lag_steps: int = 200
+    #: CEM that maximises the target network over the next state's motions: samples per
+    #: iteration, elites, iterations (smaller than the robot's: it runs for a whole batch).
+    target_cem_samples: int = 32
+    target_cem_elites: int = 4
+    target_cem_iterations: int = 2
+    #: Compute the targets in the data worker processes (the paper's Bellman updaters, reading
+    #: target networks in shared memory) when there are workers; otherwise in the trainer.
+    bellman_updaters: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.discount <= 1.0 or self.step_cost < 0:
+            raise ValueError(f"discount must be in [0, 1] and step_cost >= 0, got "
+                             f"{self.discount}, {self.step_cost}")
+        if not 0.0 <= self.target_polyak < 1.0 or self.target_lag_steps < 1:
+            raise ValueError("target_polyak must be in [0, 1) and target_lag_steps >= 1")
+        if self.target_cem_samples < 2 or not 1 <= self.target_cem_elites <= \
+                self.target_cem_samples or self.target_cem_iterations < 1:
+            raise ValueError("need target_cem_samples >= 2, 1 <= target_cem_elites <= "
+                             "target_cem_samples and target_cem_iterations >= 1")
+
+
 @dataclass
 class LearnerConfig:
     """Every hyperparameter and setting of a learner run (each is a --flag of the CLI)."""
@@ -75,10 +114,24 @@ class LearnerConfig:
     val_max_attempts: int = 200  # validation set: this many held-out attempts ...
     val_newest: bool = True  # ... the newest (a window moving with the fleet), else the first
     recent_weight: float = 0.0  # >0 favours newer attempts (see StoreReader.sample_steps)
+    # Share of each batch drawn from the online buffer, the newest online_attempts attempts
+    # (the rest from the whole store); None: the method's own (qtopt 0.5 as QT-Opt, others 0)
+    online_fraction: Optional[float] = None
+    online_attempts: int = 2000  # attempts in the online buffer (newest in store order)
     positive_weight: float = 1.0  # BCE weight of successes (>1 skews p up: CEM then closes early)
     augment_shift: int = 4  # random image shift, px (against memorising scenes)
     augment_colour: float = 0.2  # random brightness/contrast change, fraction
     ema_decay: float = 0.0  # >0: validate and publish a moving average of the weights (0.995)
+    # Q-learning methods' targets (QLearningOptions; the supervised methods ignore them)
+    discount: float = 0.9  # Q-learning: gamma of the Bellman target r + gamma V(s')
+    step_cost: float = 0.05  # Q-learning: reward -step_cost per step before closing
+    target_polyak: float = 0.995  # Q-learning: target net <- p target + (1 - p) online, per step
+    target_lag_steps: int = 200  # Q-learning: 2nd target net = the 1st this many steps ago
+    target_cem_samples: int = 32  # Q-learning: CEM samples per iteration for V(s')
+    target_cem_elites: int = 4  # Q-learning: CEM elites for V(s')
+    target_cem_iterations: int = 2  # Q-learning: CEM iterations for V(s')
+    bellman_updaters: bool = True  # Q-learning: targets computed in the data workers (if any)
+    regrasp: bool = False  # Q-learning: the action may also close/reopen mid-attempt (re-grasp)
     min_attempts: int = 50  # labelled attempts stored before the first training step
     # Replay ratio: the learner waits for more data once it has trained on this many samples
     # per labelled attempt stored (beyond it a small store is memorised); 0: no cap.
@@ -117,6 +170,12 @@ class LearnerConfig:
     def training_options(self) -> TrainingOptions:
         return TrainingOptions(self.positive_weight, self.augment_shift, self.augment_colour,
                                self.ema_decay)
+
+    def q_learning_options(self) -> QLearningOptions:
+        return QLearningOptions(self.discount, self.step_cost, self.target_polyak,
+                                self.target_lag_steps, self.target_cem_samples,
+                                self.target_cem_elites, self.target_cem_iterations,
+                                self.bellman_updaters)
 
     def torch_device(self) -> "torch.device":
         import torch  # this module stays importable without torch (CLI help, fleet sim)

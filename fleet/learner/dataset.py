@@ -38,6 +38,7 @@ from torch.utils.data import get_worker_info
 from fleet.learner.handover import BatchStream
 from fleet.learner.frame_cache import FrameCache, FrameCacheStats, active_cache
 from fleet.learner.api import Batch
+from fleet.wire.depth_image import decode_depth_png
 from fleet.wire.records import Attempt
 from fleet.store.reader import StepSample, StoreReader
 
@@ -80,6 +81,25 @@ def decode_rgb(jpeg: bytes, height: int, width: int) -> np.ndarray:
     return _decode_rgb(jpeg, height, width)
 
 
+
+def depth_batch(samples: Sequence[StepSample], height: int, width: int) -> torch.Tensor:
+    """The samples' recorded depth images -> uint16 (B, 1, H, W) mm (0 = no return). One of
+    another size is resized as decode_rgb resizes colour, nearest neighbour so that no-return
+    zeros are not blended into real depths. A sample without depth is an error that names the
+    attempt and the fix."""
+    out = np.zeros((len(samples), 1, height, width), np.uint16)
+    for i, s in enumerate(samples):
+        if s.depth_png is None:
+            raise ValueError(
+                f"attempt {s.attempt_id} (robot {s.robot_id}) step {s.step} has no depth image, "
+                f"and this network takes one (use_depth): give every arm an RGB-D camera, or "
+                f"train without depth (fleet learn --no-depth)")
+        depth = decode_depth_png(s.depth_png)
+        if depth.shape != (height, width):
+            depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
+        out[i, 0] = depth
+    return torch.from_numpy(out)
+
 def _decode_rgb(jpeg: bytes, height: int, width: int) -> np.ndarray:
     bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
@@ -90,15 +110,19 @@ def _decode_rgb(jpeg: bytes, height: int, width: int) -> np.ndarray:
 
 
 def samples_of_attempt(attempt: Attempt) -> list[StepSample]:
-    """Every step of a stored attempt as StepSamples (what validation evaluates on)."""
+    """Every step of a stored attempt as StepSamples (what validation evaluates on), each
+    linked to the one after it (`next_step`: a Q-learner validates on transitions)."""
     final = np.asarray(attempt.final_pose, dtype=np.float64)
-    return [StepSample(image_jpeg=s.image_jpeg, ee_pose=np.asarray(s.ee_pose),
-                       motion=np.asarray(s.motion), final_pose=final,
-                       label=bool(attempt.label), attempt_id=attempt.attempt_id,
-                       robot_id=attempt.robot_id, policy_version=attempt.policy_version,
-                       step=i, num_steps=len(attempt.steps), gripper=s.gripper, stamp=s.stamp,
-                       depth_png=s.depth_png)
-            for i, s in enumerate(attempt.steps)]
+    samples = [StepSample(image_jpeg=s.image_jpeg, ee_pose=np.asarray(s.ee_pose),
+                          motion=np.asarray(s.motion), final_pose=final,
+                          label=bool(attempt.label), attempt_id=attempt.attempt_id,
+                          robot_id=attempt.robot_id, policy_version=attempt.policy_version,
+                          step=i, num_steps=len(attempt.steps), gripper=s.gripper,
+                          stamp=s.stamp, depth_png=s.depth_png)
+               for i, s in enumerate(attempt.steps)]
+    for sample, following in zip(samples, samples[1:]):
+        sample.next_step = following
+    return samples
 
 
 def labelled_attempt_counts(reader: StoreReader, val_fraction: float,
@@ -146,7 +170,9 @@ class StoreBatches:
                  start_batch: int, val_fraction: float, recent_weight: float = 0.0,
                  refresh_seconds: float = 5.0, cache_bytes: int = 128 * 2**20,
                  block_batches: int = 8, frame_cache_bytes: int = 512 * 2**20,
-                 first_step_only: bool = False, require_depth: bool = False) -> None:
+                 first_step_only: bool = False, require_depth: bool = False,
+                 with_next: bool = False, online_fraction: float = 0.0,
+                 online_attempts: int = 0) -> None:
         self.root = Path(root)
         self.collate = collate
         self.batch_size = batch_size
@@ -158,6 +184,9 @@ class StoreBatches:
         self.block_batches = block_batches
         self.first_step_only = first_step_only
         self.require_depth = require_depth  # draw only attempts with depth, read their depth
+        self.with_next = with_next  # each sample carries its next step (transitions)
+        # share of draws from the newest online_attempts attempts (StoreReader.sample_steps)
+        self.online_fraction, self.online_attempts = online_fraction, online_attempts
         self.frames = FrameCache(frame_cache_bytes)  # one per process: each worker gets a copy
         self._block: tuple[int, list[StepSample]] = (-1, [])
 
@@ -201,7 +230,8 @@ class StoreBatches:
         draw = int(want / max(1e-3, 1.0 - self.val_fraction) * 1.1) + 8
         for tries in range(1000):
             for s in reader.sample_steps(draw, rng, self.recent_weight, self.first_step_only,
-                                         self.require_depth):
+                                         self.require_depth, self.with_next,
+                                         self.online_fraction, self.online_attempts):
                 if not is_validation(s.attempt_id, self.val_fraction):
                     keep.append(s)
                     if len(keep) == want:

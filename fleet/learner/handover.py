@@ -82,10 +82,24 @@ def view_batch(buf: torch.Tensor, layout: Layout) -> Batch:
 
 def worker_init(_worker_id: int) -> None:
     """Workers decode with one thread each and leave Ctrl-C to the training process, which
-    checkpoints and then shuts them down."""
+    checkpoints and then shuts them down. OpenCV is already single-threaded here: the training
+    process stopped its pool before forking (`stop_opencv_pool`), and touching the inherited
+    pool again (even `cv2.setNumThreads(1)`) is what hung."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+
+
+def stop_opencv_pool() -> None:
+    """Run OpenCV single-threaded in this process before it forks DataLoader workers.
+
+    Why: OpenCV's thread pool is not fork-safe. Once this process has used it (any imencode or
+    resize of a large enough image starts it), a worker forked afterwards hangs in its first
+    OpenCV call, waiting for pool threads that do not exist in the child. That hung CI at
+    84b5521: tests/test_export.py encodes images in the pytest process, and every later test
+    that streamed batches through workers timed out. `setNumThreads(0)` stops the pool; a
+    training process decodes little itself (its workers decode), so it loses nothing.
+    """
+    cv2.setNumThreads(0)
 
 
 class SlotRing(IterableDataset):
@@ -142,6 +156,8 @@ class BatchStream:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         # one request outstanding per worker: the group in use, the one being written, a spare
         extra = {"prefetch_factor": 1} if workers else {}
+        if workers:
+            stop_opencv_pool()
         # DataLoader's own pin_memory would copy the ring out of shared memory; pin here instead
         loader = DataLoader(SlotRing(source, group=prefetch, groups=3), batch_size=None,
                             num_workers=workers, collate_fn=_as_is, worker_init_fn=worker_init,

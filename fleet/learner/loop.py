@@ -19,7 +19,8 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from fleet.learner.api import Batch, Learner, PublishFn, first_step_only, requires_depth
+from fleet.learner.api import (Batch, Learner, PublishFn, first_step_only, online_fraction,
+                               requires_depth, uses_transitions)
 from fleet.learner.checkpoint import (CheckpointError, load_checkpoint, parameter_checksum,
                                       save_checkpoint)
 from fleet.learner.config import LearnerConfig
@@ -182,7 +183,11 @@ class LearnerRun:
                           refresh_seconds=self.cfg.refresh_seconds,
                           frame_cache_bytes=self.cfg.frame_cache_mb * 2**20,
                           first_step_only=first_step_only(self.learner),
-                          require_depth=requires_depth(self.learner))
+                          require_depth=requires_depth(self.learner),
+                          with_next=uses_transitions(self.learner),
+                          online_fraction=online_fraction(self.learner,
+                                                          self.cfg.online_fraction),
+                          online_attempts=self.cfg.online_attempts)
         return stream_batches(ds, self.cfg.workers, self.cfg.prefetch,
                               pin_memory=self.device.type == "cuda")
 

@@ -20,14 +20,12 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from fleet.learner.dataset import decode_rgb
+from fleet.learner.dataset import decode_rgb, depth_batch
 from fleet.policy.geometry import quaternion_yaw
-from fleet.wire.depth_image import decode_depth_png
 from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
 from fleet.learner.config import TrainingOptions
 from fleet.learner.supervised import augment
@@ -40,24 +38,6 @@ def closing_grasps(final_poses: np.ndarray) -> np.ndarray:
     """(N, 7) closing poses (x, y, z, qx, qy, qz, qw) -> (N, 3) float32 grasps (x, y, yaw)."""
     fp = np.asarray(final_poses, dtype=np.float64).reshape(-1, 7)
     return np.stack([fp[:, 0], fp[:, 1], quaternion_yaw(fp[:, 3:])], 1).astype(np.float32)
-
-
-def depth_batch(samples: Sequence[StepSample], height: int, width: int) -> torch.Tensor:
-    """The samples' recorded depth images -> uint16 (B, 1, H, W) mm (0 = no return). One of
-    another size is resized as decode_rgb resizes colour, nearest neighbour so that no-return
-    zeros are not blended into real depths."""
-    out = np.zeros((len(samples), 1, height, width), np.uint16)
-    for i, s in enumerate(samples):
-        if s.depth_png is None:
-            raise ValueError(
-                f"attempt {s.attempt_id} (robot {s.robot_id}) has no depth image, and this "
-                f"network takes one (use_depth): give every arm an RGB-D camera, or train "
-                f"without depth (fleet learn --no-depth)")
-        depth = decode_depth_png(s.depth_png)
-        if depth.shape != (height, width):
-            depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
-        out[i, 0] = depth
-    return torch.from_numpy(out)
 
 
 @dataclass(frozen=True)

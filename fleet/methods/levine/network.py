@@ -15,13 +15,14 @@ name and the config travel in the policy bundle (fleet/policy/bundle.py) so a lo
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+from fleet.methods.layers import image_trunk, scoring_head
 
 #: The name under which this architecture is registered in fleet.policy.bundle.
 ARCHITECTURE_NAME = "grasp_success_cnn"
@@ -101,11 +102,6 @@ def encode_motions(motions: np.ndarray | torch.Tensor, motion_scale: float) -> t
     return torch.cat([m[:, :3] / motion_scale, torch.sin(m[:, 3:4]), torch.cos(m[:, 3:4])], 1)
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2),
-                         nn.ReLU(inplace=True))
-
-
 class GraspSuccessNet(nn.Module):
     """g(I, v) -> logit. See the module docstring for the layout."""
 
@@ -115,31 +111,14 @@ class GraspSuccessNet(nn.Module):
         super().__init__()
         self.config = cfg = config or NetworkConfig()
         cin = cfg.image_channels * (2 if cfg.use_initial_image else 1)
-        layers: list[nn.Module] = []
-        for i, cout in enumerate(cfg.trunk_channels):
-            layers.append(_conv(cin, cout, cfg.first_kernel if i == 0 else 3, 2))
-            cin = cout
-        self.trunk = nn.Sequential(*layers)
-        h, w = cfg.image_height, cfg.image_width
-        for _ in cfg.trunk_channels:
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
         # Larger cameras are pooled to the merge size so the per-sample head cost stays fixed.
-        self.pool = (nn.Identity() if (h, w) == (cfg.merge_size, cfg.merge_size)
-                     else nn.AdaptiveAvgPool2d(cfg.merge_size))
+        self.trunk, self.pool = image_trunk(cin, cfg.trunk_channels, cfg.first_kernel,
+                                            cfg.image_height, cfg.image_width, cfg.merge_size)
         merge_channels = cfg.trunk_channels[-1]
         self.motion_mlp = nn.Sequential(nn.Linear(5, cfg.motion_hidden), nn.ReLU(),
                                         nn.Linear(cfg.motion_hidden, merge_channels))
-        head: list[nn.Module] = []
-        side = cfg.merge_size
-        for i, cout in enumerate(cfg.head_channels):
-            stride = 2 if i == 0 else 1
-            cin = merge_channels if i == 0 else cfg.head_channels[i - 1]
-            head.append(_conv(cin, cout, 3, stride))
-            side = math.ceil(side / stride)
-        self.head = nn.Sequential(*head)
-        self.fc = nn.Sequential(
-            nn.Flatten(), nn.Linear(cfg.head_channels[-1] * side * side, cfg.fc_width), nn.ReLU(),
-            nn.Linear(cfg.fc_width, 1))
+        self.head, self.fc = scoring_head(merge_channels, cfg.head_channels, cfg.merge_size,
+                                          cfg.fc_width)
 
     # -- what a bundle needs to rebuild and check this model ------------------------------------
     def config_dict(self) -> dict[str, Any]:

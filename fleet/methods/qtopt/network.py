@@ -1,0 +1,200 @@
+"""The QT-Opt Q-function Q(s, a) (Kalashnikov et al. 2018), scaled to a CPU and the fleet's camera.
+
+s is the newest camera image (and, with `use_depth`, its aligned depth image) plus the gripper's
+state (finger opening, tool-point height); a is one servo step's command: a motion
+(dx, dy, dz, dyaw) and whether to close instead of moving. In this robot contract closing also
+ends the attempt (close, lift, label), so "close" is the paper's gripper-close and terminate
+actions in one. Q is a logit; sigmoid(Q) is the probability that the attempt ends with an object
+lifted, discounted by the steps it takes (docs/method.md, "qtopt").
+
+    image [+ depth] --conv trunk--> feature map F (C x m x m)     once per decision
+    state (opening, height) + action --MLP--> e (C)               for every CEM sample
+    relu(F + e tiled over m x m) --conv head--> fc --> logit      for every CEM sample
+
+As in the paper, the state's low-dimensional part and the action enter together as a vector
+tiled over the image features. The split is what makes CEM cheap: the trunk runs once per image,
+the MLP and head once per scored action. Everything tunable is in `QNetConfig`, which travels in
+the policy bundle so a loader rebuilds the same network.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from fleet.methods.layers import image_trunk, scoring_head
+
+#: The name under which bundles of this network are registered (fleet/methods/qtopt/__init__.py).
+ARCHITECTURE_NAME = "qtopt_q_cnn"
+
+ACTION_ENCODING = ("dx,dy,dz,sin(dyaw),cos(dyaw),close; base frame; translation divided by "
+                   "motion_scale; close 1 = close the gripper here (the attempt ends), 0 = move")
+REGRASP_ENCODING = (ACTION_ENCODING + "; toggle 1 = drive the gripper to its other state "
+                    "instead of moving (close if open, open if closed; the attempt goes on)")
+STATE_ENCODING = "finger opening / opening_scale, tool-point z in base_link / height_scale"
+#: Raw action width (dx, dy, dz, dyaw, close) and its encoded width; a network with `regrasp`
+#: takes one more column, toggle (raw actions may then be 6 wide).
+ACTION_DIMS, ENCODED_ACTION_DIMS, STATE_DIMS = 5, 6, 2
+
+
+@dataclass(frozen=True)
+class QNetConfig:
+    """Every tunable of the Q-network (saved verbatim in the policy bundle)."""
+
+    image_height: int = 64
+    image_width: int = 64
+    #: Also take the image's aligned depth (m along the optical axis, 0 = no return) as a 4th
+    #: channel, depth / depth_scale clipped to [0, 1].
+    use_depth: bool = False
+    depth_scale: float = 2.0
+    #: Output channels of the image trunk; each conv halves the resolution (stride 2).
+    trunk_channels: tuple[int, ...] = (16, 32, 32)
+    first_kernel: int = 5
+    #: Side of the feature map the state-action vector is tiled over (larger images pooled).
+    merge_size: int = 8
+    #: Hidden width of the state-action MLP.
+    action_hidden: int = 64
+    #: m per unit of translation the network sees: one step moves at most 5 cm per axis.
+    motion_scale: float = 0.05
+    #: m per unit of finger opening (the sim gripper opens 8 cm).
+    opening_scale: float = 0.08
+    #: m per unit of tool-point height (the workspace spans ~0.03-0.4 m).
+    height_scale: float = 0.2
+    #: Convs after the merge; the first has stride 2 (every CEM sample runs these).
+    head_channels: tuple[int, ...] = (32, 32)
+    fc_width: int = 64
+    #: The action also has a gripper toggle (close or reopen within the attempt, re-grasping),
+    #: apart from close-and-end. Off by default: the fleet's exploration never toggles, so
+    #: until robots record re-grasps Q(toggle) would be guessed, not learned.
+    regrasp: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trunk_channels", tuple(int(c) for c in self.trunk_channels))
+        object.__setattr__(self, "head_channels", tuple(int(c) for c in self.head_channels))
+        if self.image_height < 16 or self.image_width < 16:
+            raise ValueError(f"images must be at least 16x16, got "
+                             f"{self.image_height}x{self.image_width}")
+        if not self.trunk_channels or not self.head_channels:
+            raise ValueError("trunk_channels and head_channels need at least one layer each")
+        if min(self.trunk_channels + self.head_channels) < 1 or self.fc_width < 1 \
+                or self.action_hidden < 1 or self.merge_size < 2:
+            raise ValueError("channel counts, widths and merge_size must be positive "
+                             "(merge_size >= 2)")
+        scales = (self.depth_scale, self.motion_scale, self.opening_scale, self.height_scale)
+        if min(scales) <= 0:
+            raise ValueError(f"every *_scale must be positive, got {scales}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trunk_channels"] = list(self.trunk_channels)
+        d["head_channels"] = list(self.head_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QNetConfig":
+        """Strict: an unknown key is an error (a bundle from a newer build), not ignored."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown QNetConfig fields {sorted(unknown)}: this bundle was "
+                             f"written by a newer fleet; update fleet on this side")
+        return cls(**d)
+
+
+def encode_actions(actions: np.ndarray | torch.Tensor, motion_scale: float) -> torch.Tensor:
+    """(N, 5) actions (dx, dy, dz, dyaw, close) or (N, 6) with toggle, in m, rad and 0/1 ->
+    (N, 7) network input (toggle 0 when not given; a network without `regrasp` reads the first
+    6 columns, so every network takes every encoding).
+
+    Yaw enters as sin/cos, so +pi and -pi are the same motion to the network."""
+    a = torch.as_tensor(actions, dtype=torch.float32)
+    if a.ndim != 2 or a.shape[1] not in (ACTION_DIMS, ACTION_DIMS + 1):
+        raise ValueError(f"actions must have shape (N, {ACTION_DIMS}) (dx, dy, dz, dyaw, "
+                         f"close) or (N, {ACTION_DIMS + 1}) (..., toggle), got "
+                         f"{tuple(a.shape)}")
+    toggle = a[:, 5:6] if a.shape[1] > ACTION_DIMS else torch.zeros_like(a[:, 4:5])
+    return torch.cat([a[:, :3] / motion_scale, torch.sin(a[:, 3:4]), torch.cos(a[:, 3:4]),
+                      a[:, 4:5], toggle], 1)
+
+
+def encode_states(openings: Any, heights: Any, config: QNetConfig) -> torch.Tensor:
+    """Finger openings (N,) and tool-point heights (N,), m -> (N, 2) network input."""
+    o = torch.as_tensor(openings, dtype=torch.float32).reshape(-1, 1) / config.opening_scale
+    h = torch.as_tensor(heights, dtype=torch.float32).reshape(-1, 1) / config.height_scale
+    return torch.cat([o, h], 1)
+
+
+class QNet(nn.Module):
+    """Q(s, a) -> logit of the discounted success probability. Layout: the module docstring."""
+
+    architecture = ARCHITECTURE_NAME
+
+    def __init__(self, config: Optional[QNetConfig] = None) -> None:
+        super().__init__()
+        self.config = cfg = config or QNetConfig()
+        cin = 4 if cfg.use_depth else 3
+        # Larger cameras are pooled to the merge size so the per-sample head cost stays fixed.
+        self.trunk, self.pool = image_trunk(cin, cfg.trunk_channels, cfg.first_kernel,
+                                            cfg.image_height, cfg.image_width, cfg.merge_size)
+        merge = cfg.trunk_channels[-1]
+        self.action_width = ENCODED_ACTION_DIMS + int(cfg.regrasp)
+        self.action_mlp = nn.Sequential(
+            nn.Linear(STATE_DIMS + self.action_width, cfg.action_hidden), nn.ReLU(),
+            nn.Linear(cfg.action_hidden, merge))
+        self.head, self.fc = scoring_head(merge, cfg.head_channels, cfg.merge_size, cfg.fc_width)
+
+    # -- what a bundle needs to rebuild and check this model ------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def input_spec(self) -> dict[str, Any]:
+        cfg = self.config
+        spec = {"image_height": cfg.image_height, "image_width": cfg.image_width,
+                "image_channels": 3, "image_encoding": "rgb8 / 255",
+                "image": "I_t (the newest frame)", "state_encoding": STATE_ENCODING,
+                "action_encoding": REGRASP_ENCODING if cfg.regrasp else ACTION_ENCODING,
+                "motion_scale": cfg.motion_scale,
+                "opening_scale": cfg.opening_scale, "height_scale": cfg.height_scale}
+        if cfg.use_depth:
+            spec["depth"] = (f"I_t's aligned depth, H x W float32 m (0 = no return), "
+                             f"/ {cfg.depth_scale} m clipped to [0, 1]")
+        return spec
+
+    # -- the two halves ---------------------------------------------------------------------------
+    def image_features(self, image: torch.Tensor,
+                       depth: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 3, H, W) float images in [0, 1] [+ (B, 1, H, W) depth, m] -> (B, C, m, m)."""
+        cfg = self.config
+        if tuple(image.shape[1:]) != (3, cfg.image_height, cfg.image_width):
+            raise ValueError(f"image must be (B, 3, {cfg.image_height}, {cfg.image_width}), got "
+                             f"{tuple(image.shape)}: resize it or load a bundle trained at "
+                             f"this resolution")
+        x = image - 0.5
+        if cfg.use_depth:
+            if depth is None or tuple(depth.shape) != (image.shape[0], 1) + tuple(image.shape[2:]):
+                raise ValueError("this network takes the aligned depth image too (use_depth): "
+                                 "pass depth (B, 1, H, W) in m, or use a bundle without depth")
+            x = torch.cat([x, (depth / cfg.depth_scale).clamp(0.0, 1.0) - 0.5], 1)
+        return self.pool(self.trunk(x))
+
+    def score_features(self, features: torch.Tensor, states: torch.Tensor,
+                       actions: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) of encoded states (N or 1, 2) and actions (N, 7) against features
+        (N or 1, C, m, m); a single feature map and state broadcast over all N actions."""
+        states = states.expand(actions.shape[0], -1)
+        actions = actions[:, :self.action_width]
+        e = self.action_mlp(torch.cat([states, actions], 1))[:, :, None, None]
+        return self.fc(self.head((features + e).relu_())).squeeze(1)
+
+    def forward(self, image: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
+                depth: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B,) for images (B, 3, H, W) in [0, 1], encoded states (B, 2), encoded
+        actions (B, 7) [and depth (B, 1, H, W) m]."""
+        return self.score_features(self.image_features(image, depth), state, action)
+
+
+def build_network(config: dict[str, Any]) -> QNet:
+    """Registry builder: a config dict (as saved in a bundle) -> an untrained network."""
+    return QNet(QNetConfig.from_dict(config))
