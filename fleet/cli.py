@@ -19,6 +19,7 @@ from fleet import __version__
 from fleet.learner.cli import add_learn
 from fleet.ops.sim_fleet import add_sim
 from fleet.monitor.status import add_monitor, add_status
+from fleet.export.cli import add_export
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
@@ -60,19 +61,24 @@ def add_keys(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from fleet.server.binding import check_server_bind, normalize_endpoint
     from fleet.server.keys import load_server_keypair
     from fleet.server.server import DataServer, ServerConfig
     from fleet.store.writer import Store, StoreConfig, StoreLockedError
 
-    load_server_keypair(args.keys)  # fail early, with what to do, before opening the store
+    bind = normalize_endpoint(args.bind)
+    # fail early, with what to do, before opening the store (DataServer checks again, and warns)
+    check_server_bind(bind, args.keys, warn=False)
+    load_server_keypair(args.keys)
     store_cfg = StoreConfig(root=args.data, roll_process=True)  # rolls off the ack path
     if args.min_free_bytes is not None:
         store_cfg.min_free_bytes = args.min_free_bytes
     if args.policies is not None and not args.policies.is_dir():
         raise OSError(f"--policies {args.policies} is not a directory: pass the learner's "
                       f"<out>/policies (create it empty if the learner has not published yet)")
-    config = ServerConfig(bind=args.bind, key_dir=args.keys, metrics_port=args.metrics_port,
-                          commit_delay=args.commit_delay, policies_dir=args.policies)
+    config = ServerConfig(bind=bind, key_dir=args.keys, metrics_port=args.metrics_port,
+                          metrics_host=args.metrics_host, commit_delay=args.commit_delay,
+                          policies_dir=args.policies)
     logging.getLogger("fleet").info("opening store %s (recovering its WAL if needed)", args.data)
     try:
         store = Store(store_cfg)
@@ -80,7 +86,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise OSError(f"{exc}: another server is using {args.data}") from None
     server = DataServer(config, store)
     server.install_signal_handlers()
-    server.serve(ready=lambda: print(f"fleet serve: ready on {args.bind}", flush=True))
+    server.serve(ready=lambda: print(f"fleet serve: ready on {bind}", flush=True))
     return 0
 
 
@@ -88,9 +94,16 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the data server (ingest of grasp attempts)")
     p.add_argument("--data", type=Path, required=True, help="store directory")
     p.add_argument("--keys", type=Path, default=Path("keys"), help="key directory")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                   help="where robots connect: HOST, HOST:PORT (port 5555 if left out) or a "
+                        "ZeroMQ endpoint. Beyond loopback (0.0.0.0, a LAN address) it needs the "
+                        "CURVE keys of `fleet keys create` and a server secret only its owner "
+                        "can read; it is refused otherwise, saying why")
     p.add_argument("--metrics-port", type=int, default=None,
-                   help="serve Prometheus /metrics on 127.0.0.1:PORT")
+                   help="serve Prometheus /metrics on METRICS_HOST:PORT")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address for /metrics (default loopback; 0.0.0.0 lets a Prometheus on "
+                        "another machine scrape it, unauthenticated: a warning says so)")
     p.add_argument("--min-free-bytes", type=int, default=None,
                    help="refuse writes (answer BUSY) when the disk has less free space")
     p.add_argument("--policies", type=Path, default=None,
@@ -197,7 +210,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_keys, add_serve, add_learn,
                                                                    add_policy, add_eval, add_sim,
-                                                                   add_status, add_monitor]
+                                                                   add_status, add_monitor,
+                                                                   add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,8 @@
 # Create (or reuse) .venv at the repo root and install fleet with everything it needs:
 # ROS 2 Kilted wheels, torch==2.13.0 (CPU build), PyBullet, OpenCV, pyzmq, test tools.
 # Re-installs only when pyproject.toml or this script changed since the last install.
+# FLEET_EXTRAS=cluster (comma-separated extras of pyproject.toml) adds optional extras on top,
+# with a stamp of their own, so that the main job's install stays as it is without them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -22,8 +24,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[bootstrap] installing fleet and its dependencies into .venv (about 2 minutes the first time)"
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch is pinned in pyproject.toml; an unpinned torch would pull a multi-GB CUDA build.
-    .venv/bin/python -m pip install --quiet -e ".[ros,sim,dev]"
+    .venv/bin/python -m pip install --quiet -e ".[ros,sim,dev,export]"
     echo "$want" > "$stamp"
+fi
+if [ -n "${FLEET_EXTRAS:-}" ]; then
+    extras_stamp=".venv/.fleet-extras-stamp-${FLEET_EXTRAS//,/-}"
+    if [ "$(cat "$extras_stamp" 2>/dev/null)" != "$want" ]; then
+        echo "[bootstrap] installing the extras $FLEET_EXTRAS into .venv"
+        .venv/bin/python -m pip install --quiet -e ".[ros,sim,dev,export,$FLEET_EXTRAS]"
+        echo "$want" > "$extras_stamp"
+    fi
 fi
 # The dashboard's browser test (tests/test_dashboard_browser.py) drives Debian's chromium through
 # Playwright's Python driver (never `playwright install`). Installed only if missing, and only

@@ -37,6 +37,7 @@ class KnownRobot:
     policy_version: int
     state: Optional[str]  # what its heartbeat reports; None: it disconnects (-> offline)
     spool: tuple[int, int] = (0, 0)  # (attempts, bytes) waiting in its spool
+    host: Optional[str] = "lab-pc-2"  # what its HELLOs say it runs on; None: not sent (older)
 
     @property
     def successes(self) -> int:
@@ -50,8 +51,9 @@ class KnownRobot:
 ROBOTS = (
     KnownRobot("arm1", ("success",) * 9 + ("failure",) * 3, 3, "collecting", (2, 48_000)),
     KnownRobot("arm2", ("success",) + ("failure",) * 3 + ("aborted",), 2, "estopped",
-               (5, 120_000)),
-    KnownRobot("arm3", (), 3, "idle"),  # heard from, nothing stored yet
+               (5, 120_000), host=None),
+    # a robot a scheduler placed: it reports the node id it was given
+    KnownRobot("arm3", (), 3, "idle", host="ray-node-5f2c9a"),  # heard from, nothing stored yet
     KnownRobot("arm4", ("success", "failure") * 2, 1, None),  # uploads, then goes away
 )
 #: Uploaded after the monitor's first poll, so that arm1 has a measurable rate.
@@ -154,7 +156,7 @@ def known_fleet(root: Path) -> Iterator[KnownFleet]:
             live = {}
             for robot in ROBOTS:
                 c = client(keys, robot.robot_id, server.endpoint, hello_interval=1.0,
-                           policy_version=robot.policy_version)
+                           policy_version=robot.policy_version, host=robot.host)
                 clients.append(c)
                 if robot.state is not None:
                     c.hello(status=RobotStatus(robot.state, spool_attempts=robot.spool[0],

@@ -72,6 +72,18 @@ class RosDomain:
             self._lock_fd = -1
 
 
+def interrupt(proc: "subprocess.Popen", timeout: float) -> int:
+    """Ctrl-C a running command (if it still runs), as an operator stops `fleet sim`; its exit
+    code, or that of kill -9 after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def ros_env(domain_id: int, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The environment for ROS processes of a test session on `domain_id`."""
     env = dict(os.environ if base is None else base)

@@ -75,6 +75,8 @@ def test_the_table_shows_the_known_numbers(page):
     assert _cells(page, "arm2")["spool"] == "5 (120.0 KB)"
     assert _cells(page, "arm3")["spool"] == "0 (0 B)"
     assert _cells(page, "arm4")["spool"] == "—"  # it never reported a status
+    assert (_cells(page, "arm3")["host"], _cells(page, "arm2")["host"]) == \
+        ("ray-node-5f2c9a", "—")
     assert _cells(page, "arm2")["rate_5m"] == "0"
     assert int(_cells(page, "arm1")["rate_5m"].replace(",", "")) > 0
 

@@ -46,6 +46,7 @@ def test_api_status_has_the_known_numbers_per_robot(run):
         else:  # heard from, nothing stored: no counters, shown as unknown, not as 0
             assert row["attempts"] is None and row["success_rate"] is None
         assert row["policy_version"] == robot.policy_version
+        assert row["host"] == robot.host, "the host its HELLO said; None when it sent none"
         assert row["state"] == (robot.state or "offline")
         if robot.state is not None:
             assert (row["spool_attempts"], row["spool_bytes"]) == robot.spool
@@ -112,6 +113,8 @@ def test_fleet_status_prints_the_table(run):
     assert cells["arm3"][1] == "idle" and cells["arm3"][4] == "—"
     assert cells["arm4"][1] == "offline" and cells["arm4"][7] == "v1"
     assert cells["arm2"][9].startswith("5 (120.0 KB)")
+    assert (cells["arm1"][11], cells["arm2"][11], cells["arm3"][11]) == \
+        ("lab-pc-2", "—", "ray-node-5f2c9a")
     assert f"served policy v{SERVED_VERSION}" in out.stdout
     assert "learner v3" in out.stdout and "val_auc 0.871" in out.stdout
 

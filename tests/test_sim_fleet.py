@@ -22,7 +22,7 @@ import pytest
 
 from fleet.client.upload_client import ClientConfig, UploadClient
 from fleet.server.keys import ClientKeys, create_robot_key
-from ros_processes import REPO_ROOT, wait_for
+from ros_processes import REPO_ROOT, interrupt, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ros]
 
@@ -136,13 +136,7 @@ def test_fleet_sim_learns_pushes_switches_and_stops_cleanly(tmp_path: Path, ros_
     finally:
         if client is not None:
             client.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+        code = interrupt(proc, timeout=25)
         out.seek(0)
         output = out.read()
         out.close()

@@ -294,6 +294,28 @@ def test_weighted_sampling_prefers_recent_and_reads_only_needed_row_groups(tmp_p
     assert recent > 0.68  # expected 0.737 for weights rising linearly 1 -> 31, sd 0.011
 
 
+def test_an_online_buffer_of_the_newest_attempts_gets_its_share_of_the_draws(tmp_path, rng):
+    """QT-Opt's online/offline mix: with online_fraction f over the newest N attempts, a draw
+    comes from them with probability f + (1 - f) N / total (the whole store holds them too)."""
+    with Store(config(tmp_path, background_roll=False)) as store:
+        attempts = [make_attempt(rng, n_steps=4) for _ in range(80)]
+        store.append(batch_of(attempts))
+        store.roll()
+    newest = {a.attempt_id for a in attempts[-10:]}
+    reader = StoreReader(tmp_path)
+
+    def share(fraction: float, online: int = 10) -> float:
+        got = reader.sample_steps(2000, np.random.default_rng(3), online_fraction=fraction,
+                                  online_attempts=online)
+        return float(np.mean([s.attempt_id in newest for s in got]))
+
+    assert 0.09 < share(0.0) < 0.16  # expected 0.125, sd 0.007
+    assert 0.52 < share(0.5) < 0.61  # expected 0.5625, sd 0.011
+    assert 0.09 < share(0.5, online=80) < 0.16, "a store within the buffer is all online"
+    with pytest.raises(ValueError, match="online_fraction"):
+        reader.sample_steps(1, np.random.default_rng(0), online_fraction=1.5, online_attempts=5)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 2 MiB file system, so the kernel itself says ENOSPC."""

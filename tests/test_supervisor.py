@@ -66,3 +66,69 @@ def test_stop_leaves_no_process_even_if_it_ignores_signals(tmp_path: Path) -> No
     sup.stop()
     assert _wait(lambda: not _alive(grandchild) and not any(_alive(p) for p in pids), 10)
     assert sup.running() == {"stubborn": None, "sleeper": None}
+
+
+# A supervisor in a process of its own, as in a Ray arm actor: it prints its child's pid, then
+# waits to be killed.
+SUPERVISING = r"""
+import sys, threading, time
+from pathlib import Path
+from fleet.ops.supervisor import ChildSpec, Supervisor, SupervisorConfig
+sup = Supervisor([ChildSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])],
+                 SupervisorConfig(log_dir=Path(sys.argv[1]), die_with_parent=True))
+def supervise():  # spawn from a thread, as the actor does: the child must still outlive nothing
+    sup.start()
+    print(sup.running()["sleeper"], flush=True)
+    while True:
+        time.sleep(0.2)
+threading.Thread(target=supervise, daemon=True).start()
+time.sleep(600)
+"""
+
+
+def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> None:
+    """die_with_parent: kill -9 of the supervising process (a Ray worker whose node died) takes
+    its children with it, although they run in process groups of their own."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISING, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(proc.stdout.readline())
+        assert _alive(child)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert _wait(lambda: not _alive(child), 10), "the child outlived its supervisor"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# A supervisor in a process that blocks SIGINT and ignores SIGCHLD, as a Ray worker does (its
+# raylet's signal state survives fork and exec): the child must still stop on SIGINT.
+BLOCKED = r"""
+import signal, sys, time
+from pathlib import Path
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+from fleet.ops.supervisor import ChildSpec, Supervisor, SupervisorConfig
+child = "import time\ntry:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n    print('SIGINT')\n"
+sup = Supervisor([ChildSpec("c", [sys.executable, "-c", child])],
+                 SupervisorConfig(log_dir=Path(sys.argv[1]), stop_timeout_s=5))
+sup.start()
+time.sleep(1.5)
+t = time.monotonic()
+sup.stop()
+print(f"stopped in {time.monotonic() - t:.1f} s", flush=True)
+"""
+
+
+def test_children_stop_on_sigint_when_the_supervisor_blocks_it(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", BLOCKED, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert "stopped in" in out.stdout, out.stderr
+    assert float(out.stdout.split("stopped in")[1].split()[0]) < 4.0, out.stdout + out.stderr
+    assert "SIGINT" in (tmp_path / "c.log").read_text()

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import zmq
@@ -69,6 +70,9 @@ class ClientConfig:
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
     max_policy_bytes: int = 64 * 1024 * 1024  # refuse (and never fetch) bigger policies
+    #: the machine (or Ray node) this robot runs on, sent in every HELLO so the dashboard and
+    #: `fleet status` show where each arm is; None: not sent (as an older robot)
+    host: Optional[str] = field(default_factory=socket.gethostname)
 
 
 class UploadClient:
@@ -186,7 +190,9 @@ class UploadClient:
             self.config.policy_version = int(policy_version)
         if status is not None:
             self.set_status(status)
-        extra = {"status": self._status} if self._status is not None else {}
+        extra: dict[str, Any] = {"status": self._status} if self._status is not None else {}
+        if self.config.host:
+            extra["host"] = self.config.host
         sent = self._send_nowait(P.hello(next(self._seq), self.config.robot_id,
                                          self.config.policy_version, **extra))
         # not connected yet: say hello as soon as the connection is up

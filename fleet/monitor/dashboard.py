@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fleet.monitor.monitor import WINDOWS, Monitor
+from fleet.server.binding import warn_if_http_exposed
 
 log = logging.getLogger("fleet.monitor")
 
@@ -156,6 +157,8 @@ class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, monitor: Monitor, config: DashboardConfig):
+        warn_if_http_exposed("the fleet monitor (dashboard, /api/status, /metrics)",
+                             config.host, config.port)
         super().__init__((config.host, config.port), _Handler)
         self.monitor = monitor
         self.page = page()

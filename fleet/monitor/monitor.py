@@ -155,6 +155,7 @@ def robot_row(robot_id: str, counters: dict[str, Any], session: dict[str, Any],
         "spool_bytes": status.get("spool_bytes"),
         "bytes_stored": counters.get("bytes"),
         "attempts_since_start": status.get("attempts"),
+        "host": session.get("host"),  # the machine (or Ray node) it says it runs on
     }
 
 

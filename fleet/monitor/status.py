@@ -48,7 +48,7 @@ def _fmt_state(state: Optional[str]) -> str:
 
 
 COLUMNS = ("robot", "state", "att/h 5m", "att/h 1h", "attempts", "successes", "success",
-           "policy", "last seen", "spool", "stored")
+           "policy", "last seen", "spool", "stored", "host")
 _STYLE = {"collecting": "green", "estopped": "bold red", "error": "bold red",
           "offline": "dim", "paused": "yellow", "starting": "yellow"}
 
@@ -63,7 +63,8 @@ def table_rows(snap: dict[str, Any]) -> list[tuple[str, ...]]:
                      _fmt_num(r["attempts_per_hour_1h"]), _fmt_num(r["attempts"]),
                      _fmt_num(r["successes"]), _fmt_pct(r["success_rate"]),
                      DASH if r["policy_version"] is None else f"v{r['policy_version']}",
-                     _fmt_age(r["last_seen_age_s"]), spool, _fmt_bytes(r["bytes_stored"])))
+                     _fmt_age(r["last_seen_age_s"]), spool, _fmt_bytes(r["bytes_stored"]),
+                     r.get("host") or DASH))
     return rows
 
 

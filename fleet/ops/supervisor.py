@@ -7,6 +7,7 @@ fleet/ops/plan.py the way `ros2 launch` would pass them) and keeps them alive, n
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -36,6 +37,11 @@ class SupervisorConfig:
     restart_backoff_max_s: float = 30.0
     stable_after_s: float = 60.0  # a child up this long has its backoff reset
     stop_timeout_s: float = 10.0  # SIGINT, then SIGTERM, then SIGKILL, each after this long
+    #: Children get SIGKILL when the supervising process dies, even by SIGKILL (Linux
+    #: PR_SET_PDEATHSIG): a Ray actor that dies with its node (fleet/ops/ray_fleet.py) must not
+    #: leave its arm running beside the one Ray restarts. Spawn from one long-lived thread: the
+    #: signal follows the death of the thread that started the child.
+    die_with_parent: bool = False
 
 
 @dataclass
@@ -66,8 +72,10 @@ class Supervisor:
     def _spawn(self, child: _Child) -> None:
         logfile = open(self.config.log_dir / f"{child.spec.name.replace('/', '_')}.log", "ab")
         env = {**os.environ, **child.spec.env}
+        preexec = _child_setup(os.getpid(), self.config.die_with_parent)
         child.proc = subprocess.Popen(child.spec.argv, stdout=logfile, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                      preexec_fn=preexec)
         logfile.close()
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.spec.name, child.proc.pid)
@@ -125,6 +133,35 @@ class Supervisor:
             _kill_group(child.proc.pid, signal.SIGKILL)  # grandchildren, if any, go too
             log.info("stopped %s (exit code %s)", child.spec.name, child.proc.returncode)
             child.proc = None
+
+
+_PR_SET_PDEATHSIG = 1
+_RESET = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
+
+
+def _child_setup(parent: int, die_with_parent: bool):
+    """A preexec_fn, or None when a plain start will do.
+
+    Children start with every signal unblocked and SIGINT/SIGTERM/SIGCHLD at their defaults:
+    a Ray worker inherits a raylet that blocks SIGINT and ignores SIGCHLD, both survive exec,
+    and a node that never sees SIGINT cannot stop cleanly. With die_with_parent the child also
+    gets SIGKILL when `parent` dies (and exits if it already has)."""
+    odd = bool(signal.pthread_sigmask(signal.SIG_BLOCK, [])) or any(
+        signal.getsignal(s) == signal.SIG_IGN for s in _RESET)
+    if not (odd or die_with_parent):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, not in the child
+
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        for sig in _RESET:
+            libc.signal(int(sig), 0)  # SIG_DFL
+        if die_with_parent:
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != parent:  # it died between fork and prctl
+                os._exit(1)
+
+    return setup
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:

@@ -30,6 +30,11 @@ class Observation:
     #: I_0's aligned depth image, (H, W) float32 m along the optical axis (0 = no return), if
     #: the arm's camera gives one (an RGB-D camera; the simulated arm's does).
     initial_depth: Optional[np.ndarray] = None
+    #: This image's aligned depth, (H, W) float32 m, when the camera gives one: a closed-loop
+    #: policy that takes depth looks at the newest frame, not only at I_0.
+    depth: Optional[np.ndarray] = None
+    #: The finger opening now, m (None: not reported; the gripper is open while servoing).
+    gripper: Optional[float] = None
 
     @property
     def position(self) -> np.ndarray:
@@ -40,13 +45,23 @@ class Observation:
         return self.step >= self.max_steps - 1
 
 
+#: What `Decision.gripper` may ask for mid-attempt.
+GRIPPER_COMMANDS = ("open", "close")
+
+
 @dataclass
 class Decision:
-    """What to do this step: move by `motion` (dx, dy, dz, dyaw; m, rad, base frame), or close.
+    """What to do this step: move by `motion` (dx, dy, dz, dyaw; m, rad, base frame), drive the
+    gripper, or end the attempt.
 
-    When `close` is true the motion is zero and the robot closes the gripper, lifts and labels
-    the attempt. `p_best`/`p_noop` are the network's success probabilities of the best motion
-    and of doing nothing (NaN for policies without a network); they are worth recording.
+    When `close` is true the attempt ends: the motion is zero and the robot closes the gripper,
+    lifts and labels it (QT-Opt's terminate). `gripper` ("open" or "close") is a gripper
+    command *within* the attempt instead of a motion: the fingers close (or reopen) and the
+    policy decides again on the next frame, so it may close, lift a little, look, reopen and
+    try again (re-grasping). A step that drives the gripper moves nothing; moving with closed
+    fingers is an ordinary motion, within the same workspace and speed limits.
+    `p_best`/`p_noop` are the network's success probabilities of the best motion and of doing
+    nothing (NaN for policies without a network); they are worth recording.
     """
 
     motion: np.ndarray
@@ -54,6 +69,12 @@ class Decision:
     raise_: bool = False
     p_best: float = math.nan
     p_noop: float = math.nan
+    gripper: Optional[str] = None  # "open" / "close" within the attempt; None: move
+
+    def __post_init__(self) -> None:
+        if self.gripper is not None and self.gripper not in GRIPPER_COMMANDS:
+            raise ValueError(f"Decision.gripper must be one of {GRIPPER_COMMANDS} or None, got "
+                             f"{self.gripper!r}")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 server.py (`DataServer`: ROUTER socket, CURVE, the loop), ingest.py (batching uploads into
 group commits), sessions.py (robots' sessions and heartbeats), metrics.py (Prometheus),
-policy_service.py (announcing and sending policies), keys.py (CURVE keys and the allow-list).
+policy_service.py (announcing and sending policies), keys.py (CURVE keys and the allow-list),
+binding.py (bind addresses, and what a bind beyond loopback requires).
 May import: fleet.wire, fleet.store, fleet.policy.
 """

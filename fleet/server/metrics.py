@@ -10,13 +10,14 @@ from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from fleet.server.binding import warn_if_http_exposed
 from fleet.wire.protocol import ROBOT_STATES
 
 BACKPRESSURE_REASONS = ("queue_full", "store_refused")
 
 
 class ServerMetrics:
-    def __init__(self, port: Optional[int] = None):
+    def __init__(self, port: Optional[int] = None, host: str = "127.0.0.1"):
         self.registry = CollectorRegistry()
         self._children: dict = {}
         r = self.registry
@@ -58,8 +59,9 @@ class ServerMetrics:
         for reason in BACKPRESSURE_REASONS:
             self._backpressure.labels(reason).set(0)
         self._http = None
-        if port is not None:
-            self._http, _ = start_http_server(port, addr="127.0.0.1", registry=r)
+        if port is not None:  # beyond loopback: allowed, with a warning (fleet/server/binding.py)
+            warn_if_http_exposed("the data server's /metrics", host, port)
+            self._http, _ = start_http_server(port, addr=host, registry=r)
 
     def _child(self, metric, *labels: str):
         """labels() is slow enough to show per upload; children are cached per label set."""

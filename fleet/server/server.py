@@ -25,6 +25,7 @@ import zmq
 from fleet import __version__
 from fleet.wire import protocol as P
 from fleet.wire import validation as V
+from fleet.server.binding import check_server_bind, normalize_endpoint
 from fleet.server.ingest import Committer, IngestQueue, Outcome
 from fleet.server.keys import ZAP_DOMAIN, RobotAuthenticator, load_server_keypair
 from fleet.server.metrics import ServerMetrics
@@ -49,7 +50,8 @@ class ServerConfig:
     busy_retry_after: float = 2.0  # seconds a BUSY robot should wait
     health_interval: float = 1.0  # how often a blocked server probes the store
     key_reload_interval: float = 2.0  # how often the allow-list directory is re-checked
-    metrics_port: Optional[int] = None  # Prometheus /metrics on 127.0.0.1:<port>
+    metrics_port: Optional[int] = None  # Prometheus /metrics on <metrics_host>:<port>
+    metrics_host: str = "127.0.0.1"  # beyond loopback: allowed, with a warning (binding.py)
     commit_delay: float = 0.0  # artificial delay per commit: benchmarks of back-pressure only
     read_batch: int = 256  # messages read per wake-up at most
     log_interval: float = 10.0  # seconds between "acked N attempts (per robot)" log lines
@@ -64,8 +66,10 @@ class DataServer:
     """Owns the socket, the authenticator, the committer thread and the store (closed on exit)."""
 
     def __init__(self, config: ServerConfig, store: Any):
+        config = dataclasses.replace(config, bind=normalize_endpoint(config.bind))
         self.config, self.store = config, store
-        self.metrics = ServerMetrics(config.metrics_port)
+        check_server_bind(config.bind, config.key_dir)  # before anything listens
+        self.metrics = ServerMetrics(config.metrics_port, config.metrics_host)
         self.sessions = Sessions(config.session_ttl)
         self.policy = None if config.policies_dir is None else PolicyService(
             config.policies_dir, config.max_policy_bytes, config.policy_poll_interval,
@@ -296,8 +300,8 @@ class DataServer:
         if claimed != robot_id:
             raise P.ProtocolError(P.ErrorCode.FORBIDDEN,
                                   f"this key belongs to robot {robot_id!r}, not {claimed!r}")
-        status = P.parse_status(header)
-        self.sessions.hello(robot_id, identity, policy_version, status)
+        status, host = P.parse_status(header), P.parse_host(header)
+        self.sessions.hello(robot_id, identity, policy_version, status, host)
         self.metrics.hello(robot_id, policy_version, status)
         self._send(identity, P.pack(P.MsgType.WELCOME, seq, server_version=__version__,
                                     limits=self.config.limits.as_dict(),

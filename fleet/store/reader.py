@@ -55,6 +55,9 @@ class StepSample:
     stamp: float  # robot clock, s
     #: the image's aligned depth (16-bit PNG of mm, fleet/wire/depth_image.py), None without one
     depth_png: Optional[bytes] = None
+    #: the attempt's following step (s_t+1 of a transition), when asked for (sample_steps
+    #: with_next, samples_of_attempt); None at the attempt's last step, where it closed
+    next_step: Optional["StepSample"] = None
 
 
 @dataclass(frozen=True, order=True)
@@ -211,7 +214,9 @@ class StoreReader:
     def sample_steps(self, n: int, rng: np.random.Generator,
                      recent_weight: float = 0.0,
                      first_step_only: bool = False,
-                     require_depth: bool = False) -> list[StepSample]:
+                     require_depth: bool = False, with_next: bool = False,
+                     online_fraction: float = 0.0, online_attempts: int = 0
+                     ) -> list[StepSample]:
         """n steps drawn with replacement from labelled (not aborted) attempts.
 
         recent_weight=0: every stored step is equally likely. recent_weight=w > 0: a step's
@@ -219,10 +224,18 @@ class StoreReader:
         steps (1 + w) times as likely as the oldest's. first_step_only: only step 0 of each
         attempt (its pre-grasp image), every attempt equally likely (before recent_weight).
         require_depth: only attempts that carry depth images (the others are not drawn).
+        with_next: each sample also carries its attempt's following step as `next_step` (a
+        Q-learner's transition s_t -> s_t+1; None at the last step). online_fraction f with
+        online_attempts N: the newest N attempts (in store order) are an online buffer beside
+        the whole store, and each draw comes from it with probability f (QT-Opt's online and
+        offline buffers; a store of at most N attempts is all online, so f changes nothing).
         Reads only the row groups it needs.
         """
         if recent_weight < 0:
             raise ValueError("recent_weight must be >= 0")
+        if not 0.0 <= online_fraction <= 1.0 or online_attempts < 0:
+            raise ValueError(f"online_fraction must be in [0, 1] and online_attempts >= 0, got "
+                             f"{online_fraction}, {online_attempts}")
         arrays = self._sampling_arrays()
         rows = arrays["rows"]
         if require_depth:
@@ -235,8 +248,26 @@ class StoreReader:
         if recent_weight and len(rows) > 1:
             weights *= 1.0 + recent_weight * np.arange(len(rows)) / (len(rows) - 1)
         picks = rng.choice(len(rows), size=n, p=weights / weights.sum())
+        if online_fraction > 0 and 0 < online_attempts < len(rows):
+            first = len(rows) - online_attempts  # the online buffer: rows[first:]
+            online = rng.random(n) < online_fraction
+            tail = weights[first:]
+            picks[online] = first + rng.choice(online_attempts, size=int(online.sum()),
+                                               p=tail / tail.sum())
         steps = np.zeros(n, np.int64) if first_step_only else rng.integers(0, num_steps[picks])
         chosen = rows[picks]
+        out = self._steps_at(chosen, steps)
+        if with_next:
+            later = np.flatnonzero(steps + 1 < arrays["num_steps"][chosen])
+            following = self._steps_at(chosen[later], steps[later] + 1)
+            for i, sample in zip(later.tolist(), following):
+                out[i].next_step = sample
+        return out
+
+    def _steps_at(self, chosen: np.ndarray, steps: np.ndarray) -> list[StepSample]:
+        """StepSamples of step steps[i] of the attempt at index row chosen[i]."""
+        arrays = self._sampling_arrays()
+        n = len(chosen)
         shard_nos = arrays["shard"][chosen]
         step_rows = arrays["step_offset"][chosen] + steps
         out: list[Optional[StepSample]] = [None] * n

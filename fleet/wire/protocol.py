@@ -237,6 +237,26 @@ def parse_status(header: dict[str, Any]) -> Optional[dict[str, Any]]:
     return out
 
 
+#: Longest `host` a HELLO may carry: a DNS name's limit (a Ray node id is 56 hex characters).
+MAX_HOST_CHARS = 253
+
+
+def parse_host(header: dict[str, Any]) -> Optional[str]:
+    """HELLO's optional `host`: the machine (or Ray node) the robot's process runs on.
+
+    Optional, so a HELLO of an older robot (without it) stays valid and `v` stays 1; an older
+    server ignores the field. None when absent; MALFORMED when not a printable string.
+    """
+    host = header.get("host")
+    if host is None:
+        return None
+    if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_CHARS \
+            or not host.isprintable() or host != host.strip():
+        raise ProtocolError(ErrorCode.MALFORMED, f"HELLO host must be a printable string of "
+                            f"1-{MAX_HOST_CHARS} characters, got {host!r:.60}")
+    return host
+
+
 _REPLY_LIMITS = Limits(max_header_bytes=16 * 1024 * 1024)  # a reply's header may be big
 
 
