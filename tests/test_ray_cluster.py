@@ -43,6 +43,12 @@ FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_t
                "RAY_health_check_initial_delay_ms": "1000"}
 
 
+#: The test clusters bind loopback only: no token auth, said explicitly, because Ray turns it on
+#: by itself wherever a ~/.ray/auth_token exists (any earlier ray.init on the machine writes one),
+#: and then a worker node or a driver not told so is refused.
+NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+
+
 def _skip_or_fail(why: str) -> None:
     if os.environ.get("FLEET_REQUIRE_RAY"):
         pytest.fail(f"{why} (FLEET_REQUIRE_RAY is set: scripts/test.sh installs the cluster "
@@ -152,16 +158,19 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     head, worker = root / "h", root / "w"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(FAST_HEALTH, RAY_USAGE_STATS_ENABLED="0")
+    env.update(FAST_HEALTH, RAY_USAGE_STATS_ENABLED="0", **NO_TOKEN)
     common = ["--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
               "--object-store-memory", str(100 * 2**20)]
+    # the worker declares a GPU (to Ray a GPU is a resource it counts: no CUDA needed), so the
+    # learner's actor has exactly one node to go to
     needles = [str(head), str(worker)]
     try:
         for argv in ([str(RAY), "start", "--head", "--port", str(port), "--resources",
                       '{"head": 1}', "--temp-dir", str(head), "--include-dashboard=false",
-                      *common, *_node_ports()],
+                      "--num-gpus", "0", *common, *_node_ports()],
                      [str(RAY), "start", "--address", f"127.0.0.1:{port}", "--resources",
-                      '{"worker": 1}', "--temp-dir", str(worker), *common, *_node_ports()]):
+                      '{"worker": 1}', "--temp-dir", str(worker), "--num-gpus", "1", *common,
+                      *_node_ports()]):
             try:
                 out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90)
             except (OSError, subprocess.TimeoutExpired) as exc:
@@ -203,19 +212,27 @@ def _logged_attempts(arm_dir: Path, arm: str) -> list[str]:
                       log.read_text(errors="replace"))
 
 
+def _fleet_sim_on_ray(cluster: dict[str, Any], data: Path, arm_root: Path, domain: RosDomain,
+                      port: int, out, extra: list[str]) -> subprocess.Popen:
+    """`fleet sim --ray` on the test cluster (an observer key made first, for the counters),
+    output to `out`; arm i in ROS domain domain + i."""
+    create_robot_key(data / "keys", "observer")
+    env = {**{k: v for k, v in domain.env.items() if not k.startswith("RAY_")}, **NO_TOKEN}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli", "sim", "--ray", cluster["address"], "--data",
+         str(data), "--ray-arm-dir", str(arm_root), "--ros-domain-id", str(domain.domain_id),
+         "--port", str(port), "--metrics-port", "0", "--dashboard-port", "0", *extra],
+        stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+
+
 def test_arms_on_two_ray_nodes_survive_the_death_of_one(tmp_path: Path, ray_cluster) -> None:
     data = tmp_path / "run"
     arm_root = Path(tempfile.mkdtemp(prefix="farms-", dir="/tmp"))
-    create_robot_key(data / "keys", "observer")
     first, second = _two_domains()
     port = _free_port()
     out = open(tmp_path / "fleet_sim.out", "w+")
-    env = {k: v for k, v in first.env.items() if not k.startswith("RAY_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.cli", "sim", "--ray", ray_cluster["address"], "--arms", "2",
-         "--data", str(data), "--ray-arm-dir", str(arm_root), "--ros-domain-id",
-         str(first.domain_id), "--port", str(port), "--metrics-port", "0", "--dashboard-port",
-         "0", "--no-learner"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    proc = _fleet_sim_on_ray(ray_cluster, data, arm_root, first, port, out,
+                             ["--arms", "2", "--no-learner"])
     client: Optional[UploadClient] = None
     seen: dict[str, Any] = {}
     head_pid, head_id = _raylet(ray_cluster["head"])
@@ -307,3 +324,97 @@ def test_arms_on_two_ray_nodes_survive_the_death_of_one(tmp_path: Path, ray_clus
         print(f"{arm}: {len(logged)} attempts logged, {sum(1 for i in logged if i in prefixes)} "
               f"stored once, {len(spooled)} still spooled")
     shutil.rmtree(arm_root, ignore_errors=True)
+
+
+@pytest.mark.timeout(300)
+def test_the_learner_runs_as_an_actor_on_the_node_with_a_gpu(tmp_path: Path,
+                                                              ray_cluster) -> None:
+    """With a GPU in the cluster, `fleet sim --ray` runs the learner as a Ray actor on the node
+    that has it (Ray hands it over in CUDA_VISIBLE_DEVICES), reading the store at the driver's
+    path; it trains on the arm's attempts and publishes, the arm runs that policy, and Ctrl-C
+    stops the learner with the rest."""
+    data = tmp_path / "run"
+    arm_root = Path(tempfile.mkdtemp(prefix="farms-", dir="/tmp"))
+    domain = claim_domain()
+    port = _free_port()
+    out = open(tmp_path / "fleet_sim.out", "w+")
+    proc = _fleet_sim_on_ray(ray_cluster, data, arm_root, domain, port, out,
+                             ["--arms", "1", "--learner-min-attempts", "20", "--learner-cycle-s",
+                              "20", "--learner-cycle-steps", "100"])
+    _, worker_id = _raylet(ray_cluster["worker"])
+    client: Optional[UploadClient] = None
+    seen: dict[str, Any] = {}
+
+    def output() -> str:
+        out.flush()
+        return (tmp_path / "fleet_sim.out").read_text(errors="replace")
+
+    try:
+        client = UploadClient(ClientConfig(f"tcp://127.0.0.1:{port}", "observer",
+                                           ClientKeys.from_dir(data / "keys", "observer")))
+
+        def learner_placed() -> bool:
+            assert proc.poll() is None, f"fleet sim exited early:\n{output()[-4000:]}"
+            return _placements(data).get("learner", {}).get("node_id") == worker_id
+
+        wait_for(learner_placed, timeout=60, interval=1.0,
+                 what=f"the learner's actor on the GPU node {worker_id[:12]}")
+        placed = _placements(data)["learner"]
+        assert placed["gpu_ids"] == ["0"] and placed["cuda_visible_devices"] == "0", placed
+
+        def arm_runs_a_learned_policy() -> bool:
+            assert proc.poll() is None, f"fleet sim exited early:\n{output()[-4000:]}"
+            session = _sessions(client, seen).get("sessions", {}).get("arm1", {})
+            return session.get("policy_version", 0) >= 1
+
+        try:
+            wait_for(arm_runs_a_learned_policy, timeout=200, interval=2.0,
+                     what="arm1 running a policy the learner on the GPU node published")
+        except AssertionError as exc:
+            log = data / "logs" / "learner.log"
+            raise AssertionError(f"{exc}\ncounters: {seen.get('counters')}\nlearner log: "
+                                 f"{log.read_text()[-3000:] if log.exists() else '(none)'}\n"
+                                 f"{output()[-4000:]}") from None
+    finally:
+        if client is not None:
+            client.close()
+        code = interrupt(proc, timeout=60)
+        domain.release()
+        shutil.rmtree(arm_root, ignore_errors=True)
+    text = output()
+    assert code == 0, f"fleet sim exited {code} after SIGINT:\n{text[-4000:]}"
+    assert "learner up on node" in text and "GPUs ['0']" in text, text[-4000:]
+    assert "learner stopped on" in text, text[-4000:]
+    assert (data / "learner" / "policies" / "latest.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_cluster_scaling_benchmark_runs_both_modes(tmp_path: Path) -> None:
+    """benchmarks/cluster_scaling.py --quick: the same arms under `fleet sim` and on a Ray head
+    (which the script starts with ray.init), each storing attempts and taking a policy push;
+    the headline last. The ratio's floor is far below the 0.9 target (a 10 s window on a busy
+    machine scatters), but a Ray mode whose arms do not collect fails it."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        _skip_or_fail(f"ray is not installed ({exc}): pip install -e '.[cluster]'")
+    first, second = _two_domains()
+    try:
+        out = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "benchmarks" / "cluster_scaling.py"), "--quick",
+             "--window", "10", "--dir", str(tmp_path / "runs"), "--port", str(_free_port()),
+             "--ros-domain-id", str(first.domain_id)],
+            env={k: v for k, v in first.env.items() if not k.startswith("RAY_")},
+            capture_output=True, text=True, timeout=280, cwd=REPO_ROOT)
+    finally:
+        first.release()
+        second.release()
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    lines = out.stdout.strip().splitlines()
+    assert [ln for ln in lines if ln.startswith("run 1 local: ")], out.stdout
+    assert [ln for ln in lines if ln.startswith("run 1 ray  : ")], out.stdout
+    head = re.fullmatch(r"cluster_scaling: (\d+\.\d\d) x \(target 0\.9\); policy push to every "
+                        r"arm p50 (\d+\.\d\d) s", lines[-1])
+    assert head, lines[-1]
+    assert float(head.group(1)) > 0.5, out.stdout
+    assert float(head.group(2)) < 30, out.stdout

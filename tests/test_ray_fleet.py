@@ -72,3 +72,10 @@ def test_fleet_sim_takes_ray_flags() -> None:
     assert (args.ray, args.bind, args.ray_server_host, args.ray_cpus_per_arm) == \
         ("10.0.0.5:6379", "0.0.0.0:5555", "10.0.0.5", 0.5)
     assert build_parser().parse_args(["sim"]).ray is None
+    assert build_parser().parse_args(["sim"]).ray_learner_gpus is None  # auto
+    assert build_parser().parse_args(["sim", "--ray-learner-gpus", "0.5"]).ray_learner_gpus == 0.5
+    assert build_parser().parse_args(["sim", "--ray-learner-gpus", "auto"]).ray_learner_gpus \
+        is None
+    for bad in ("-1", "many"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["sim", "--ray-learner-gpus", bad])

@@ -20,8 +20,8 @@ from typing import Any, Optional
 from fleet.ops.plan import ArmSpec, load_arms
 from fleet.ops.processes import (SimFleetConfig, central_children, default_arm_count,
                                  print_banner, server_endpoints, stop_on_signals)
-from fleet.ops.ray_fleet import (PLACEMENTS_FILE, ArmActor, ArmJob, RayFleetConfig,
-                                 arm_domain_id, run_name)
+from fleet.ops.ray_fleet import (PLACEMENTS_FILE, ArmActor, ArmJob, LearnerActor,
+                                 RayFleetConfig, arm_domain_id, run_name)
 from fleet.ops.supervisor import Supervisor, SupervisorConfig
 
 log = logging.getLogger("fleet.ray")
@@ -122,14 +122,18 @@ def _seen(name: str, watch: _Watch, status: dict[str, Any]) -> bool:
         return False
     watch.history.append(status["host"])
     if prev is None:
-        log.info("%s up on node %s (pid %d, ROS_DOMAIN_ID %d)", name, status["host"],
-                 status["pid"], status["ros_domain_id"])
+        extra = (f", ROS_DOMAIN_ID {status['ros_domain_id']}" if "ros_domain_id" in status
+                 else f", GPUs {status.get('gpu_ids') or 'none'}")
+        log.info("%s up on node %s (pid %d%s)", name, status["host"], status["pid"], extra)
         return True
     watch.restarts += 1
-    log.warning("%s restarted (#%d) on node %s, was on %s: its spool there held %d attempt(s) "
-                "not yet acked at the last report; the spool here holds %d at start (%s)", name,
-                watch.restarts, status["host"], prev["host"], prev["spool_attempts"],
-                status["spool_at_start"], status["spool_dir"])
+    spool = ""
+    if "spool_dir" in status:
+        spool = (f": its spool there held {prev['spool_attempts']} attempt(s) not yet acked at "
+                 f"the last report; the spool here holds {status['spool_at_start']} at start "
+                 f"({status['spool_dir']})")
+    log.warning("%s restarted (#%d) on node %s, was on %s%s", name, watch.restarts,
+                status["host"], prev["host"], spool)
     return True
 
 
@@ -183,11 +187,18 @@ def run_on_ray(cfg: SimFleetConfig, rc: RayFleetConfig) -> int:
             log.warning("%d arms x %g CPUs exceed the cluster's %g CPUs: the arms beyond wait "
                         "for a node to join (ray start --address ...)", len(arms),
                         rc.cpus_per_arm, cpus)
-        sup = Supervisor(central_children(cfg, arms), SupervisorConfig(log_dir=cfg.data_dir /
-                                                                        "logs"))
+        central = central_children(cfg, arms)
+        learner = next((c for c in central if c.name == "learner"), None)
+        gpus = learner_gpus(ray, rc) if learner is not None else 0.0
+        if gpus > 0:
+            central.remove(learner)
+        sup = Supervisor(central, SupervisorConfig(log_dir=cfg.data_dir / "logs"))
         stop_requested = stop_on_signals()
         sup.start()
         watches = start_arms(ray, cfg, rc, arms)
+        if gpus > 0:
+            watches["learner"] = start_learner(ray, learner, gpus, rc,
+                                               cfg.data_dir.resolve() / "logs")
         nodes = ", ".join(f"{n['NodeManagerAddress']}/{n['NodeID'][:12]}"
                           for n in _alive_nodes(ray))
         print_banner(cfg, f"fleet sim: {len(arms)} arms as Ray actors on {nodes} "
@@ -215,15 +226,16 @@ def run_on_ray(cfg: SimFleetConfig, rc: RayFleetConfig) -> int:
 
 
 def _stop_arms(ray, watches: dict[str, _Watch], rc: RayFleetConfig) -> None:
-    """Every arm stops its processes cleanly, all at once; then its actor goes."""
+    """Every actor stops its processes cleanly, all at once; then it goes."""
     refs = {name: w.actor.stop.remote(rc.stop_timeout_s - 5) for name, w in watches.items()}
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=rc.stop_timeout_s)
     for name, ref in refs.items():
         try:
             if ref in ready:
                 final = ray.get(ref)
-                log.info("%s stopped on %s: %d attempt(s) left in its spool %s", name,
-                         final["host"], final["spool_attempts"], final["spool_dir"])
+                left = (f": {final['spool_attempts']} attempt(s) left in its spool "
+                        f"{final['spool_dir']}" if "spool_dir" in final else "")
+                log.info("%s stopped on %s%s", name, final["host"], left)
             else:
                 log.warning("%s did not stop within %.0f s; killing its actor", name,
                             rc.stop_timeout_s)
@@ -231,3 +243,21 @@ def _stop_arms(ray, watches: dict[str, _Watch], rc: RayFleetConfig) -> None:
             log.warning("%s: could not stop cleanly (%s)", name, type(exc).__name__)
         ray.kill(watches[name].actor, no_restart=True)
 
+
+def learner_gpus(ray, rc: RayFleetConfig) -> float:
+    """GPUs for the learner's actor: as asked, or one when the cluster has any (0: none, the
+    learner stays on the driver's machine)."""
+    if rc.learner_gpus is not None:
+        return max(0.0, rc.learner_gpus)
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def start_learner(ray, spec: Any, gpus: float, rc: RayFleetConfig, log_dir: Path) -> _Watch:
+    """The learner as an actor on a node with `gpus` GPUs free, restarted wherever one is when
+    that node dies (it resumes from its checkpoint, as after any restart)."""
+    remote = ray.remote(LearnerActor)
+    actor = remote.options(max_restarts=-1, max_task_retries=0, num_cpus=rc.learner_cpus,
+                           num_gpus=gpus).remote(spec, str(log_dir))
+    log.info("learner: actor asks Ray for %g GPU(s) and %g CPU(s); it reads the store at the "
+             "driver's path, which a node elsewhere must mount there", gpus, rc.learner_cpus)
+    return _Watch(actor=actor)

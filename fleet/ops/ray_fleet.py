@@ -6,8 +6,10 @@ actors, so each arm is one actor (`ArmActor`) that supervises the arm's two proc
 PyBullet sim arm and its robot_node, on the node where it lands. The processes, their command
 lines and parameter files are the ones `fleet sim` starts on one machine (fleet/ops/plan.py via
 `sim_fleet.arm_children`), kept alive by the same Supervisor: Ray places and restarts actors,
-it launches nothing of ours. The data server, learner and monitor stay on the driver's machine,
-started as `fleet sim` starts them; arms dial the server over ZeroMQ + CURVE as real robots do.
+it launches nothing of ours. The data server and monitor stay on the driver's machine, started
+as `fleet sim` starts them; arms dial the server over ZeroMQ + CURVE as real robots do. The
+learner stays there too unless the cluster has a GPU: then `LearnerActor` runs it on a node with
+one (num_gpus), reading the store at the driver's path.
 
 - DDS never leaves a node: every arm's processes get the project's Fast DDS loopback profile and
   a ROS_DOMAIN_ID of their own (the base plus the arm's index), so two arms that share a machine
@@ -62,6 +64,10 @@ class RayFleetConfig:
     status_every_s: float = 2.0  # the driver asks each arm for its status this often
     status_timeout_s: float = 30.0  # ... and asks again if an answer takes longer
     stop_timeout_s: float = 45.0  # arms stopping cleanly at the end, all together
+    #: GPUs the learner's actor reserves; None: one when the cluster has a GPU, else the
+    #: learner runs here beside the server (0 forces that).
+    learner_gpus: Optional[float] = None
+    learner_cpus: float = 1.0  # Ray CPUs the learner's actor reserves
 
 
 @dataclass
@@ -114,25 +120,68 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-class ArmActor:
-    """One arm on the node where Ray placed it: its sim arm and robot_node, supervised.
+class _SupervisedActor:
+    """Processes supervised on the node where Ray placed this actor.
 
     All process work happens on one thread the actor owns (children die with the thread that
     spawned them: Supervisor die_with_parent), so the actor's methods only read state."""
 
-    def __init__(self, job: ArmJob):
+    def _place(self) -> None:
+        """Where this actor runs: Ray's node id and IP, and `host` as `fleet status` shows it."""
         import ray
 
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         ctx = ray.get_runtime_context()
-        self.job = job
         self.node_id: str = ctx.get_node_id()
         self.node_ip: str = ray.util.get_node_ip_address()
-        self.host = f"{self.node_ip}/{self.node_id[:12]}"  # what `fleet status` shows
+        self.host = f"{self.node_ip}/{self.node_id[:12]}"
         with warnings.catch_warnings():  # Ray 2.60 warns about its own property's internals
             warnings.simplefilter("ignore", DeprecationWarning)
             self.restarted = bool(ctx.was_current_actor_reconstructed)
+
+    def _begin(self, specs: list, log_dir: Path) -> None:
+        self._sup = Supervisor(specs, SupervisorConfig(log_dir=log_dir, die_with_parent=True))
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._thread.start()
+        self._started.wait(timeout=30)
+
+    def _supervise(self) -> None:
+        try:
+            self._sup.start()
+            self._started.set()
+            while not self._stop.wait(0.2):
+                self._sup.poll()
+        finally:
+            self._started.set()
+            self._sup.stop()
+            self._stopped.set()
+
+    def _base_status(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "node_ip": self.node_ip, "host": self.host,
+                "pid": os.getpid(), "restarted": self.restarted, "running": self._sup.running(),
+                "child_restarts": self._sup.restarts(), "stopped": self._stopped.is_set()}
+
+    def stop(self, timeout_s: float = 40.0) -> dict[str, Any]:
+        """Stop the processes cleanly (SIGINT first: robot_node finishes its spool writes, the
+        learner its checkpoint)."""
+        self._stop.set()
+        self._stopped.wait(timeout_s)
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ArmActor(_SupervisedActor):
+    """One arm on the node where Ray placed it: its sim arm and robot_node, supervised."""
+
+    def __init__(self, job: ArmJob):
+        self._place()
+        self.job = job
         self.root = Path(job.arm_dir) / job.run / job.arm.name
         keys = self.root / "keys"
         keys.mkdir(parents=True, exist_ok=True)
@@ -148,45 +197,17 @@ class ArmActor:
         env = {**ros_env(self.domain_id), "_ROS_WHEELS_BOOTSTRAP_COMPLETE": ""}
         specs = arm_children([job.arm], lambda _arm: self.files, job.server_address, env,
                              job.exploration_policy, extra_robot_params={"host": self.host})
-        self._sup = Supervisor(specs, SupervisorConfig(log_dir=self.root / "logs",
-                                                       die_with_parent=True))
-        self._stop = threading.Event()
-        self._stopped = threading.Event()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name="arm-supervisor",
-                                        daemon=True)
-        self._thread.start()
-        self._started.wait(timeout=30)
+        self._begin(specs, self.root / "logs")
         log.info("%s on node %s (pid %d, ROS_DOMAIN_ID %d, %s; its spool holds %d attempts "
                  "from before)", job.arm.name, self.host, os.getpid(), self.domain_id,
                  "restarted by Ray" if self.restarted else "first start", self.spool_at_start)
 
-    def _supervise(self) -> None:
-        try:
-            self._sup.start()
-            self._started.set()
-            while not self._stop.wait(0.2):
-                self._sup.poll()
-        finally:
-            self._started.set()
-            self._sup.stop()
-            self._stopped.set()
-
     def status(self) -> dict[str, Any]:
         """Where the arm runs and how it is doing; the driver polls it."""
-        return {"arm": self.job.arm.name, "node_id": self.node_id, "node_ip": self.node_ip,
-                "host": self.host, "pid": os.getpid(), "restarted": self.restarted,
+        return {**self._base_status(), "arm": self.job.arm.name,
                 "ros_domain_id": self.domain_id, "arm_dir": str(self.root),
                 "spool_dir": str(self.files.spool), "spool_at_start": self.spool_at_start,
-                "spool_attempts": count_spool(self.files.spool),
-                "running": self._sup.running(), "child_restarts": self._sup.restarts(),
-                "stopped": self._stopped.is_set()}
-
-    def stop(self, timeout_s: float = 40.0) -> dict[str, Any]:
-        """Stop both processes cleanly (SIGINT first: robot_node finishes its spool writes)."""
-        self._stop.set()
-        self._stopped.wait(timeout_s)
-        return self.status()
+                "spool_attempts": count_spool(self.files.spool)}
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         """The end of one child's log on this node (name: 'robot_node' or 'sim_arm')."""
@@ -195,3 +216,24 @@ class ArmActor:
             return path.read_text(errors="replace")[-chars:]
         except OSError as exc:
             return f"(no log: {exc})"
+
+
+class LearnerActor(_SupervisedActor):
+    """The learner process (`python -m fleet.learner`, the command line `fleet sim` gives its
+    own) on the node where Ray placed this actor: one with a GPU when the driver asked for one
+    (num_gpus), which Ray hands over in CUDA_VISIBLE_DEVICES. The store and the learner's run
+    directory are the driver's paths: on another machine they must be mounted at the same path
+    (docs/scaling.md)."""
+
+    def __init__(self, spec: Any, log_dir: str):
+        import ray
+
+        self._place()
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        self._begin([spec], Path(log_dir))
+        log.info("learner on node %s (pid %d, GPUs %s, %s)", self.host, os.getpid(),
+                 self.gpu_ids or "none", "restarted by Ray" if self.restarted else "first start")
+
+    def status(self) -> dict[str, Any]:
+        return {**self._base_status(), "gpu_ids": self.gpu_ids,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -25,8 +25,9 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
-from fleet.registry import DEFAULT_METHOD, method_names
+from fleet.registry import DEFAULT_METHOD, method_names, methods
 from fleet.ops.plan import CONFIG_DIR
 # SimFleetConfig, children, ros_env, ensure_keys: imported from here by benchmarks, fleet eval
 from fleet.ops.processes import (SimFleetConfig, children, default_arm_count,  # noqa: F401
@@ -79,7 +80,21 @@ def _cmd_sim(args) -> int:
 
     return run_on_ray(cfg, RayFleetConfig(address=args.ray, server_host=args.ray_server_host,
                                           arm_dir=args.ray_arm_dir,
-                                          cpus_per_arm=args.ray_cpus_per_arm))
+                                          cpus_per_arm=args.ray_cpus_per_arm,
+                                          learner_gpus=args.ray_learner_gpus))
+
+
+def _gpus(text: str) -> Optional[float]:
+    """--ray-learner-gpus: a non-negative number, or auto (None)."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of GPUs (0, 1, 0.5) or auto")
+    return value
 
 
 def add_sim(sub) -> None:
@@ -110,6 +125,10 @@ def add_sim(sub) -> None:
                         "(storage every node mounts carries spools across node deaths)")
     p.add_argument("--ray-cpus-per-arm", type=float, default=1.0,
                    help="Ray CPUs each arm actor reserves (default 1: an arm keeps a core busy)")
+    p.add_argument("--ray-learner-gpus", type=_gpus, default=None, metavar="N|auto",
+                   help="run the learner as a Ray actor with N GPUs on a node that has them "
+                        "(auto, the default: 1 when the cluster has a GPU; 0: here, beside the "
+                        "server). It reads the store at --data's path there (docs/scaling.md)")
     p.add_argument("--metrics-port", type=int, default=9100,
                    help="data server's Prometheus /metrics port on 127.0.0.1 (0: none)")
     p.add_argument("--learner", action=argparse.BooleanOptionalAction, default=True,
@@ -121,8 +140,9 @@ def add_sim(sub) -> None:
     p.add_argument("--learner-cycle-steps", type=int, default=400,
                    help="... or after this many training steps, whichever comes first")
     p.add_argument("--learner-method", choices=method_names(), default=DEFAULT_METHOD,
-                   help="learning method: grasp_point (where to close, from I_0) or levine "
-                        "(Levine et al. 2016 servoing network)")
+                   help="learning method, from the registry: " + "; ".join(
+                       f"{name}: {method.description}" for name, method in sorted(
+                           methods().items())))
     p.add_argument("--learner-samples-per-attempt", type=float, default=32.0,
                    help="learner replay ratio: training samples per labelled attempt stored, "
                         "beyond which it waits for the fleet (0: no cap)")
