@@ -239,10 +239,28 @@ class QTOptLearner:
         self.steps_taken = int(state.get("steps_taken", 0))
 
 
+#: The side the Q-network's trunk sees at most: a larger camera is average-pooled down to it.
+#: At 128x128 RGB-D a training batch of 64 (sample, decode, Bellman targets, step) cost
+#: 980 ms on one thread against 263 ms seen at 64x64 (3.7 x, measured on run qtopt_5obj's
+#: store, 2026-12-07): on 2 cores beside the arms the learner is the bottleneck.
+MAX_TRUNK_SIDE = 64
+
+
+def input_pool_for(image_size: int) -> int:
+    """The largest pooling factor that divides the camera size and brings it to at most
+    MAX_TRUNK_SIDE (1 for a camera that small already)."""
+    pool = 1
+    while image_size // pool > MAX_TRUNK_SIDE and image_size % (pool * 2) == 0 \
+            and image_size // (pool * 2) >= 16:
+        pool *= 2
+    return pool
+
+
 def make_learner(config, device: torch.device) -> QTOptLearner:
     """The registry's factory: a QTOptLearner for the robots' camera (a LearnerConfig)."""
     network = QNetConfig(image_height=config.image_size, image_width=config.image_size,
-                         use_depth=config.depth, regrasp=config.regrasp)
+                         use_depth=config.depth, regrasp=config.regrasp,
+                         input_pool=input_pool_for(config.image_size))
     if config.positive_weight != 1.0 or config.ema_decay:
         log.info("the qtopt method ignores --positive-weight and --ema-decay (its targets are "
                  "Bellman targets; its target networks are the Polyak averages)")

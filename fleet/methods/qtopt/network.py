@@ -70,6 +70,10 @@ class QNetConfig:
     #: apart from close-and-end. Off by default: the fleet's exploration never toggles, so
     #: until robots record re-grasps Q(toggle) would be guessed, not learned.
     regrasp: bool = False
+    #: Average-pool the image (and depth) by this factor before the trunk: the network sees a
+    #: 128x128 camera at 64x64 with 2, for a quarter of the trunk's work. The bundle still
+    #: takes the camera's full size (input_spec), so robots need no other resize.
+    input_pool: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trunk_channels", tuple(int(c) for c in self.trunk_channels))
@@ -77,6 +81,11 @@ class QNetConfig:
         if self.image_height < 16 or self.image_width < 16:
             raise ValueError(f"images must be at least 16x16, got "
                              f"{self.image_height}x{self.image_width}")
+        if self.input_pool < 1 or self.image_height % self.input_pool \
+                or self.image_width % self.input_pool \
+                or min(self.image_height, self.image_width) // self.input_pool < 16:
+            raise ValueError(f"input_pool {self.input_pool} must divide the image size "
+                             f"{self.image_height}x{self.image_width} and leave at least 16x16")
         if not self.trunk_channels or not self.head_channels:
             raise ValueError("trunk_channels and head_channels need at least one layer each")
         if min(self.trunk_channels + self.head_channels) < 1 or self.fc_width < 1 \
@@ -137,7 +146,8 @@ class QNet(nn.Module):
         cin = 4 if cfg.use_depth else 3
         # Larger cameras are pooled to the merge size so the per-sample head cost stays fixed.
         self.trunk, self.pool = image_trunk(cin, cfg.trunk_channels, cfg.first_kernel,
-                                            cfg.image_height, cfg.image_width, cfg.merge_size)
+                                            cfg.image_height // cfg.input_pool,
+                                            cfg.image_width // cfg.input_pool, cfg.merge_size)
         merge = cfg.trunk_channels[-1]
         self.action_width = ENCODED_ACTION_DIMS + int(cfg.regrasp)
         self.action_mlp = nn.Sequential(
@@ -177,6 +187,8 @@ class QNet(nn.Module):
                 raise ValueError("this network takes the aligned depth image too (use_depth): "
                                  "pass depth (B, 1, H, W) in m, or use a bundle without depth")
             x = torch.cat([x, (depth / cfg.depth_scale).clamp(0.0, 1.0) - 0.5], 1)
+        if cfg.input_pool > 1:
+            x = nn.functional.avg_pool2d(x, cfg.input_pool)
         return self.pool(self.trunk(x))
 
     def score_features(self, features: torch.Tensor, states: torch.Tensor,
