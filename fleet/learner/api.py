@@ -121,6 +121,18 @@ def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def window_metrics(window: list[tuple]) -> dict[str, float]:
+    """binary_metrics over the training steps since the last call, then the window is emptied:
+    each entry is (logits, labels, loss, ...extra) of one step; {} when no step ran."""
+    if not window:
+        return {}
+    logits = torch.cat([w[0] for w in window]).numpy()
+    labels = torch.cat([w[1] for w in window]).numpy()
+    metrics = binary_metrics(logits, labels, float(np.mean([w[2] for w in window])))
+    window.clear()
+    return metrics
+
+
 def binary_metrics(logits: np.ndarray, labels: np.ndarray, loss: float) -> dict[str, float]:
     """loss, accuracy (threshold p = 0.5), AUC, success rate of the labels, count."""
     logits = np.asarray(logits, dtype=np.float64).ravel()

@@ -11,13 +11,12 @@ from __future__ import annotations
 import abc
 from typing import Any, Iterable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from fleet.learner.api import Batch, binary_metrics
+from fleet.learner.api import Batch, binary_metrics, window_metrics
 from fleet.learner.config import TrainingOptions
 
 
@@ -104,13 +103,7 @@ class SupervisedLearner(abc.ABC):
         return {"loss": value}
 
     def train_metrics(self) -> dict[str, float]:
-        if not self._window:
-            return {}
-        logits = torch.cat([w[0] for w in self._window]).numpy()
-        labels = torch.cat([w[1] for w in self._window]).numpy()
-        loss = float(np.mean([w[2] for w in self._window]))
-        self._window.clear()
-        return binary_metrics(logits, labels, loss)
+        return window_metrics(self._window)
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch],

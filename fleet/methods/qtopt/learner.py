@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fleet.learner.api import Batch, binary_metrics
+from fleet.learner.api import Batch, binary_metrics, window_metrics
 from fleet.learner.config import QLearningOptions, TrainingOptions
 from fleet.learner.dataset import decode_rgb, depth_batch
 from fleet.learner.supervised import augment
@@ -185,13 +185,10 @@ class QTOptLearner:
         return {"loss": value}
 
     def train_metrics(self) -> dict[str, float]:
-        if not self._window:
-            return {}
-        logits = torch.cat([w[0] for w in self._window]).numpy()
-        labels = torch.cat([w[1] for w in self._window]).numpy()
-        m = binary_metrics(logits, labels, float(np.mean([w[2] for w in self._window])))
-        m["mean_target"] = float(np.mean([w[3] for w in self._window]))
-        self._window.clear()
+        mean_target = float(np.mean([w[3] for w in self._window])) if self._window else 0.0
+        m = window_metrics(self._window)
+        if m:
+            m["mean_target"] = mean_target
         return m
 
     @torch.no_grad()
