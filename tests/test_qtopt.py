@@ -26,7 +26,9 @@ from fleet.methods.qtopt.bellman import (BellmanUpdater, bellman_targets, cem_ma
                                          rewards)
 from fleet.methods.qtopt.learner import (QTOptCollate, QTOptLearner, input_pool_for,
                                          make_learner, monte_carlo_returns)
-from fleet.methods.qtopt.network import QNet, QNetConfig, encode_actions, encode_states
+from fleet.methods.qtopt.gripper_network import GripperQConfig, GripperQNet
+from fleet.methods.qtopt.network import (QNet, QNetConfig, build_network, encode_actions,
+                                         encode_states)
 from fleet.methods.qtopt.policy import QTOptPolicy
 from fleet.policy.base import Observation
 from fleet.policy.bundle import load_bundle
@@ -41,7 +43,7 @@ from robot_node.policy_runtime import PolicyRuntime
 
 OPTIONS = QLearningOptions()  # gamma 0.9, step cost 0.05
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 300  # training steps of the learning check
+STEPS = 600  # training steps of the learning check
 LOW, HIGH = np.array([0.4, -0.15, 0.027]), np.array([0.7, 0.15, 0.4])
 
 
@@ -95,10 +97,11 @@ def test_network_shapes_and_the_broadcast_used_by_cem(size, depth, pool):
                           input_pool=pool)).eval()
     image = torch.rand(3, 3, size, size)
     d = torch.rand(3, 1, size, size) if depth else None
-    state = encode_states([0.08, 0.08, 0.0], [0.1, 0.2, 0.3], net.config)
+    state = encode_states([0.08, 0.08, 0.0], [_pose(0.5, 0, 0.1), _pose(0.6, 0.1, 0.2),
+                                              _pose(0.5, -0.1, 0.3)], net.config)
     actions = encode_actions(np.array([[0.01, 0, -0.05, 0.3, 0], [0, 0, 0, 0, 1],
                                        [0.05, 0.05, 0.05, -0.3, 0]]), net.config.motion_scale)
-    assert state.shape == (3, 2) and actions.shape == (3, 7)
+    assert state.shape == (3, 5) and actions.shape == (3, 7)
     assert actions[:, 6].tolist() == [0.0] * 3, "no toggle column given: toggle 0"
     with torch.no_grad():
         logits = net(image, state, actions, d)
@@ -115,6 +118,51 @@ def test_network_shapes_and_the_broadcast_used_by_cem(size, depth, pool):
     if depth:
         with pytest.raises(ValueError, match="takes the aligned depth image"):
             net.image_features(image)
+
+
+def _pose(x: float, y: float, z: float, yaw: float = 0.0) -> tuple[float, ...]:
+    """A top-down tool pose with this yaw about base z (the sim arm's quaternion order)."""
+    return (x, y, z, 0.0, 0.0, float(np.sin(yaw / 2)), float(np.cos(yaw / 2)))
+
+
+@pytest.mark.parametrize("size,depth", [(64, False), (128, True)])
+def test_gripper_view_scores_where_a_step_leads(size, depth):
+    """The gripper view's Q is an afterstate value: a step from p by d scores the same as a
+    step from p + e by d - e (same image, same height); the batched scoring the Bellman
+    updaters use equals scoring one state at a time; the bundle config rebuilds it."""
+    cfg = GripperQConfig(image_height=size, image_width=size, use_depth=depth)
+    net = build_network(cfg.to_dict()).eval()
+    assert type(net).__name__ == "GripperQNet" and net.config == cfg
+    image = torch.rand(2, 3, size, size)
+    d = torch.rand(2, 1, size, size) + 0.5 if depth else None
+    features = net.image_features(image, d)
+    assert features.shape == (2, 4 if depth else 3, size, size)
+    here = encode_states([0.08], [_pose(0.55, 0.0, 0.2, 0.4)], cfg)
+    there = encode_states([0.08], [_pose(0.58, -0.02, 0.2, 0.1)], cfg)
+    with torch.no_grad():
+        a = net.score_features(features[:1], here, encode_actions(
+            np.array([[0.04, 0.01, -0.03, 0.1, 0]]), cfg.motion_scale))
+        b = net.score_features(features[:1], there, encode_actions(
+            np.array([[0.01, 0.03, -0.03, 0.4, 0]]), cfg.motion_scale))
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        lower = net.score_features(features[:1], here, encode_actions(
+            np.array([[0.04, 0.01, -0.05, 0.1, 0]]), cfg.motion_scale))
+        assert not torch.allclose(a, lower), "the height after the step is an input"
+        actions = encode_actions(np.random.default_rng(0).uniform(-0.05, 0.05, (10, 5))
+                                 * [1, 1, 1, 3, 0], cfg.motion_scale)
+        states = torch.cat([here, there])
+        batched = net.score_batched(features, states, actions.reshape(2, 5, 7))
+        for i in range(2):
+            torch.testing.assert_close(batched[i], net.score_features(
+                features[i:i + 1], states[i:i + 1], actions[5 * i:5 * i + 5]),
+                atol=1e-5, rtol=0)
+        torch.testing.assert_close(net(image, states, actions[:2], d),
+                                   net.score_features(features, states, actions[:2]))
+    if depth:
+        with pytest.raises(ValueError, match="takes the aligned depth image"):
+            net.image_features(image)
+    with pytest.raises(ValueError, match="unknown GripperQConfig fields"):
+        build_network({**cfg.to_dict(), "wrist_camera": True})
 
 
 def test_the_trunk_sees_a_large_camera_pooled_and_the_bundle_still_takes_its_size():
@@ -299,7 +347,7 @@ def test_fleet_learn_method_qtopt_publishes_a_bundle_a_robot_runs(tmp_path):
     assert load_checkpoint(cfg.out)["learner_name"] == "qtopt_q_learning"
     pointer = read_pointer(cfg.out)
     model, meta = load_bundle(cfg.out / "policies" / f"v{pointer['version']}")
-    assert isinstance(model, QNet) and model.config.use_depth
+    assert isinstance(model, GripperQNet) and model.config.use_depth  # the default view
     assert np.isfinite(meta.metrics["val_loss"]) and "val_mc_loss" in meta.metrics
 
     rt = PolicyRuntime(NodeConfig(arm_id="arm1", bundle_path=str(cfg.out / "policies"),
@@ -366,14 +414,15 @@ def test_bellman_updaters_in_workers_read_the_trainers_target_networks(tmp_path)
 
 # -- learning: the value of moving down is learned through the bootstrap ----------------------
 
-def test_q_learns_that_moving_down_leads_to_success(tmp_path):
+@pytest.mark.parametrize("network", [QNetConfig(), GripperQConfig()], ids=["image", "gripper"])
+def test_q_learns_that_moving_down_leads_to_success(tmp_path, network):
     """Success iff the gripper closes below z = 0.22 after one or two 5 cm moves from 0.25; a
     move's target is never the label itself, only -c + gamma * V(s_t+1), so Q(s_0, down) >
     Q(s_0, up) needs the Bellman backup (and V's maximisation over actions) to work."""
     torch.manual_seed(0)
     store = build_store(tmp_path / "store", 300, seed=5)
     options = QLearningOptions(target_polyak=0.9, target_lag_steps=10)
-    learner = QTOptLearner(QNetConfig(), options, 3e-3, 0.0, torch.device("cpu"))
+    learner = QTOptLearner(network, options, 3e-3, 0.0, torch.device("cpu"))
     reader = StoreReader(store)
     rng = np.random.default_rng(0)
     for _ in range(STEPS):
@@ -387,7 +436,7 @@ def test_q_learns_that_moving_down_leads_to_success(tmp_path):
         image = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             def q(z: float, action: list[float]) -> float:
-                s = encode_states([0.08], [z], net.config)
+                s = encode_states([0.08], [_pose(0.55, 0.0, z)], net.config)
                 a = encode_actions(np.array([action]), net.config.motion_scale)
                 return float(torch.sigmoid(net(image, s, a)))
             down.append(q(0.25, [0, 0, -0.05, 0, 0]))

@@ -66,7 +66,7 @@ class QLearningOptions:
     target_lag_steps: int = 200
     #: CEM that maximises the target network over the next state's motions: samples per
     #: iteration, elites, iterations (smaller than the robot's: it runs for a whole batch).
-    target_cem_samples: int = 32
+    target_cem_samples: int = 16
     target_cem_elites: int = 4
     target_cem_iterations: int = 2
     #: Compute the targets in the data worker processes (the paper's Bellman updaters, reading
@@ -83,6 +83,11 @@ class QLearningOptions:
                 self.target_cem_samples or self.target_cem_iterations < 1:
             raise ValueError("need target_cem_samples >= 2, 1 <= target_cem_elites <= "
                              "target_cem_samples and target_cem_iterations >= 1")
+
+
+#: What a Q-learning method's network looks at (fleet/methods/qtopt/gripper_network.py,
+#: network.py).
+Q_VIEWS = ("gripper", "image")
 
 
 @dataclass
@@ -127,11 +132,12 @@ class LearnerConfig:
     step_cost: float = 0.05  # Q-learning: reward -step_cost per step before closing
     target_polyak: float = 0.995  # Q-learning: target net <- p target + (1 - p) online, per step
     target_lag_steps: int = 200  # Q-learning: 2nd target net = the 1st this many steps ago
-    target_cem_samples: int = 32  # Q-learning: CEM samples per iteration for V(s')
+    target_cem_samples: int = 16  # Q-learning: CEM samples per iteration for V(s')
     target_cem_elites: int = 4  # Q-learning: CEM elites for V(s')
     target_cem_iterations: int = 2  # Q-learning: CEM iterations for V(s')
     bellman_updaters: bool = True  # Q-learning: targets computed in the data workers (if any)
     regrasp: bool = False  # Q-learning: the action may also close/reopen mid-attempt (re-grasp)
+    q_view: str = "gripper"  # Q-learning: Q sees the patch where a step leads, or the "image"
     min_attempts: int = 50  # labelled attempts stored before the first training step
     # Replay ratio: the learner waits for more data once it has trained on this many samples
     # per labelled attempt stored (beyond it a small store is memorised); 0: no cap.
@@ -164,6 +170,8 @@ class LearnerConfig:
         if self.samples_per_attempt < 0:
             raise ValueError(f"samples_per_attempt must be >= 0 (0: no cap), got "
                              f"{self.samples_per_attempt}")
+        if self.q_view not in Q_VIEWS:
+            raise ValueError(f"q_view must be one of {', '.join(Q_VIEWS)}, got {self.q_view!r}")
         if self.frame_cache_mb < 0:
             raise ValueError(f"frame_cache_mb must be >= 0 (0: off), got {self.frame_cache_mb}")
 

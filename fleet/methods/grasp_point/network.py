@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fleet.policy.geometry import (DEFAULT_EYE, DEFAULT_FOV_DEG, DEFAULT_TARGET, camera_axes,
-                                   focal_px)
+from fleet.methods.patches import DepthToHeight, PatchSampler
+from fleet.policy.geometry import DEFAULT_EYE, DEFAULT_FOV_DEG, DEFAULT_TARGET
 
 #: The bundle architecture name of this network (fleet/methods/grasp_point registers it).
 ARCHITECTURE_NAME = "grasp_point_cnn"
@@ -125,81 +125,6 @@ class GraspPointConfig:
         if unknown:
             raise ValueError(f"unknown GraspPointConfig fields {sorted(unknown)}")
         return cls(**d)
-
-
-class PatchSampler(nn.Module):
-    """Candidate grasps (N, 3) -> grid_sample grids (N, S, S, 2) into the camera image.
-
-    Patch row i, column j lies at offset (a_j, b_i) in the gripper's frame on the table plane:
-    a along the fingers' width (tool x), b along the closing direction (tool y), so that after
-    sampling the fingers always close along the patch's rows, whatever the yaw. The offsets are
-    projected through the pinhole model; grid coordinates follow grid_sample's
-    align_corners=False convention (-1 and +1 are the outer edges of the image)."""
-
-    def __init__(self, cfg: GraspPointConfig) -> None:
-        super().__init__()
-        eye = np.asarray(cfg.camera_eye, float)
-        forward, right, down = camera_axes(eye, np.asarray(cfg.camera_target, float))
-        f = focal_px(cfg.image_height, cfg.camera_fov_deg)
-        half = cfg.patch_extent / 2
-        ticks = (np.arange(cfg.patch_size) + 0.5) / cfg.patch_size * 2 * half - half
-        self.register_buffer("planes", torch.tensor(cfg.patch_planes, dtype=torch.float64),
-                             persistent=False)
-        # float64 buffers: the projection divides by depth, keep it exact; not parameters
-        self.register_buffer("eye", torch.tensor(eye), persistent=False)
-        self.register_buffer("axes", torch.tensor(np.stack([right, down, forward])),
-                             persistent=False)
-        self.register_buffer("ticks", torch.tensor(ticks), persistent=False)
-        self.register_buffer("scale", torch.tensor([2.0 * f / cfg.image_width,
-                                                    2.0 * f / cfg.image_height]),
-                             persistent=False)
-
-    def forward(self, grasps: torch.Tensor) -> torch.Tensor:
-        """(N, 3) grasps -> (N * P, S, S, 2) grids: for each grasp, one grid per plane."""
-        g = grasps.to(torch.float64)
-        c, s = torch.cos(g[:, 2]), torch.sin(g[:, 2])
-        a = self.ticks[None, None, :]  # along tool x: patch columns
-        b = self.ticks[None, :, None]  # along tool y (closing): patch rows
-        # tool x = (cos, sin), tool y = (-sin, cos) in base_link, for a top-down gripper
-        x = g[:, 0, None, None] + a * c[:, None, None] - b * s[:, None, None]
-        y = g[:, 1, None, None] + a * s[:, None, None] + b * c[:, None, None]
-        n, planes = x.shape[0], self.planes.shape[0]
-        x = x[:, None].expand(-1, planes, -1, -1)
-        y = y[:, None].expand(-1, planes, -1, -1)
-        z = self.planes[None, :, None, None].expand_as(x)
-        p = torch.stack([x, y, z], -1).reshape(n * planes, *x.shape[2:], 3) - self.eye
-        cam = p @ self.axes.T  # right, down, forward
-        depth = cam[..., 2:3].clamp_min(1e-6)
-        return (cam[..., :2] / depth * self.scale).to(torch.float32)
-
-
-class DepthToHeight(nn.Module):
-    """Aligned depth images (B, 1, H, W), m along the optical axis -> the height channel
-    (B, 1, H, W): the base_link z of the surface each pixel sees, / height_scale, in [0, 1].
-
-    A pixel's ray is eye + depth * (right * u' + down * v' + forward) with u', v' its offsets
-    from the principal point over the focal length, so z = eye_z + depth * k(u, v) with k fixed
-    by the camera model. Missing depth (0, NaN or inf: no return, as RGB-D cameras report it)
-    reads as height 0, the floor."""
-
-    def __init__(self, cfg: GraspPointConfig) -> None:
-        super().__init__()
-        eye = np.asarray(cfg.camera_eye, float)
-        forward, right, down = camera_axes(eye, np.asarray(cfg.camera_target, float))
-        f = focal_px(cfg.image_height, cfg.camera_fov_deg)
-        u = (np.arange(cfg.image_width) + 0.5 - cfg.image_width / 2) / f
-        v = (np.arange(cfg.image_height) + 0.5 - cfg.image_height / 2) / f
-        k = right[2] * u[None, :] + down[2] * v[:, None] + forward[2]
-        self.register_buffer("k", torch.tensor(k, dtype=torch.float32)[None, None],
-                             persistent=False)
-        self.eye_z, self.scale = float(eye[2]), float(cfg.height_scale)
-
-    def forward(self, depth: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) depth in m -> height above z = 0 over height_scale, clamped to [0, 1]
-        (the network's input range; higher than height_scale saturates)."""
-        valid = torch.isfinite(depth) & (depth > 0)
-        z = self.eye_z + torch.where(valid, depth, torch.zeros_like(depth)) * self.k
-        return torch.where(valid, z / self.scale, torch.zeros_like(z)).clamp_(0.0, 1.0)
 
 
 class GraspPointNet(nn.Module):

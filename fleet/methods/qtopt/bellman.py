@@ -25,7 +25,8 @@ from torch.utils.data import get_worker_info
 
 from fleet.learner.api import Batch
 from fleet.learner.config import QLearningOptions
-from fleet.methods.qtopt.network import QNet, encode_actions
+from fleet.methods.qtopt.encoding import encode_actions
+from fleet.methods.qtopt.network import AnyQNet
 from fleet.policy.base import StepLimits
 from fleet.policy.cem import CEMConfig
 
@@ -81,7 +82,7 @@ def next_state_inputs(batch: Batch) -> tuple[torch.Tensor, Optional[torch.Tensor
 class BellmanUpdater:
     """Labels collated transitions with their Bellman targets, from two target networks."""
 
-    def __init__(self, target1: QNet, target2: QNet, options: QLearningOptions,
+    def __init__(self, target1: AnyQNet, target2: AnyQNet, options: QLearningOptions,
                  limits: StepLimits = StepLimits()) -> None:
         self.target1, self.target2 = target1.eval(), target2.eval()
         self.options = options
@@ -101,14 +102,11 @@ class BellmanUpdater:
         f1 = self.target1.image_features(image, depth)
         f2 = self.target2.image_features(image, depth)
 
-        def q(net: QNet, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-            """(B, N, 5 or 6) raw actions -> (B, N) probabilities, each state's features
-            tiled."""
+        def q(net: AnyQNet, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+            """(B, N, 5 or 6) raw actions -> (B, N) probabilities of each state's candidates."""
             n = actions.shape[1]
-            logits = net.score_features(features.repeat_interleave(n, 0),
-                                        state.repeat_interleave(n, 0),
-                                        encode_actions(actions.reshape(b * n, -1), scale))
-            return torch.sigmoid(logits).reshape(b, n)
+            encoded = encode_actions(actions.reshape(b * n, -1), scale).reshape(b, n, -1)
+            return torch.sigmoid(net.score_batched(features, state, encoded))
 
         def moves(motions: torch.Tensor) -> torch.Tensor:
             return q(self.target1, f1, torch.cat([motions, torch.zeros_like(motions[..., :1])],

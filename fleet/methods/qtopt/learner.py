@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,7 +32,9 @@ from fleet.learner.config import QLearningOptions, TrainingOptions
 from fleet.learner.dataset import decode_rgb, depth_batch
 from fleet.learner.supervised import augment
 from fleet.methods.qtopt.bellman import BellmanUpdater
-from fleet.methods.qtopt.network import QNet, QNetConfig, encode_actions, encode_states
+from fleet.methods.qtopt.encoding import encode_actions, encode_states
+from fleet.methods.qtopt.gripper_network import GripperQConfig
+from fleet.methods.qtopt.network import QNetConfig, q_network
 from fleet.store.reader import StepSample
 
 log = logging.getLogger("fleet.learner")
@@ -67,7 +69,7 @@ class QTOptCollate:
     next state's image and state; with `updater` in a data worker also "target"). Picklable;
     runs in DataLoader workers. A closing step's next_* repeat its own state (never used)."""
 
-    network: QNetConfig
+    network: Union[QNetConfig, GripperQConfig]
     options: QLearningOptions
     updater: Optional[BellmanUpdater] = None
 
@@ -78,8 +80,8 @@ class QTOptCollate:
         return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
     def _states(self, samples: Sequence[StepSample]) -> torch.Tensor:
-        return encode_states([s.gripper for s in samples],
-                             [float(s.ee_pose[2]) for s in samples], self.network)
+        return encode_states([s.gripper for s in samples], [s.ee_pose for s in samples],
+                             self.network)
 
     def __call__(self, samples: Sequence[StepSample]) -> Batch:
         cfg = self.network
@@ -126,13 +128,14 @@ class QTOptLearner:
     #: own), half from the whole store, as QT-Opt mixes its online and offline data.
     online_fraction = 0.5
 
-    def __init__(self, network: QNetConfig, options: QLearningOptions, lr: float,
+    def __init__(self, network: Union[QNetConfig, GripperQConfig], options: QLearningOptions,
+                 lr: float,
                  weight_decay: float, device: torch.device,
                  training: Optional[TrainingOptions] = None, workers: int = 0) -> None:
         self.device = device
         self.options = options
         self.training = training or TrainingOptions()
-        self.net = QNet(network).to(device)
+        self.net = q_network(network).to(device)
         self.model: nn.Module = self.net
         self.target1 = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.target2 = copy.deepcopy(self.net).requires_grad_(False).eval()
@@ -155,6 +158,8 @@ class QTOptLearner:
     def _inputs(self, batch: Batch, generator: Optional[torch.Generator]):
         image = batch["image"].to(self.device).float().div_(255.0)
         o = self.training
+        if isinstance(self.net.config, GripperQConfig):  # patches go through the camera
+            o = TrainingOptions(augment_colour=o.augment_colour)  # model: no image shift
         if generator is not None and (o.augment_shift or o.augment_colour):
             image = augment(image, o, generator)
         depth = batch["depth"].to(self.device).float().div_(1000.0) if "depth" in batch \
@@ -255,9 +260,15 @@ def input_pool_for(image_size: int) -> int:
 
 def make_learner(config, device: torch.device) -> QTOptLearner:
     """The registry's factory: a QTOptLearner for the robots' camera (a LearnerConfig)."""
-    network = QNetConfig(image_height=config.image_size, image_width=config.image_size,
-                         use_depth=config.depth, regrasp=config.regrasp,
-                         input_pool=input_pool_for(config.image_size))
+    size = config.image_size
+    if config.q_view == "gripper":
+        network: Union[QNetConfig, GripperQConfig] = GripperQConfig(
+            image_height=size, image_width=size, camera_eye=tuple(config.camera_eye),
+            camera_target=tuple(config.camera_target), camera_fov_deg=config.camera_fov_deg,
+            use_depth=config.depth, regrasp=config.regrasp)
+    else:
+        network = QNetConfig(image_height=size, image_width=size, use_depth=config.depth,
+                             regrasp=config.regrasp, input_pool=input_pool_for(size))
     if config.positive_weight != 1.0 or config.ema_decay:
         log.info("the qtopt method ignores --positive-weight and --ema-decay (its targets are "
                  "Bellman targets; its target networks are the Polyak averages)")

@@ -19,25 +19,17 @@ the policy bundle so a loader rebuilds the same network.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from fleet.methods.layers import image_trunk, scoring_head
-
-#: The name under which bundles of this network are registered (fleet/methods/qtopt/__init__.py).
-ARCHITECTURE_NAME = "qtopt_q_cnn"
-
-ACTION_ENCODING = ("dx,dy,dz,sin(dyaw),cos(dyaw),close; base frame; translation divided by "
-                   "motion_scale; close 1 = close the gripper here (the attempt ends), 0 = move")
-REGRASP_ENCODING = (ACTION_ENCODING + "; toggle 1 = drive the gripper to its other state "
-                    "instead of moving (close if open, open if closed; the attempt goes on)")
-STATE_ENCODING = "finger opening / opening_scale, tool-point z in base_link / height_scale"
-#: Raw action width (dx, dy, dz, dyaw, close) and its encoded width; a network with `regrasp`
-#: takes one more column, toggle (raw actions may then be 6 wide).
-ACTION_DIMS, ENCODED_ACTION_DIMS, STATE_DIMS = 5, 6, 2
+from fleet.methods.qtopt.encoding import (  # noqa: F401  (re-exported: the method's names)
+    ACTION_DIMS, ACTION_ENCODING, ARCHITECTURE_NAME, ENCODED_ACTION_DIMS, REGRASP_ENCODING,
+    STATE_DIMS, STATE_ENCODING, encode_actions, encode_states)
+from fleet.methods.qtopt.gripper_network import GripperQConfig, GripperQNet
 
 
 @dataclass(frozen=True)
@@ -112,29 +104,6 @@ class QNetConfig:
         return cls(**d)
 
 
-def encode_actions(actions: np.ndarray | torch.Tensor, motion_scale: float) -> torch.Tensor:
-    """(N, 5) actions (dx, dy, dz, dyaw, close) or (N, 6) with toggle, in m, rad and 0/1 ->
-    (N, 7) network input (toggle 0 when not given; a network without `regrasp` reads the first
-    6 columns, so every network takes every encoding).
-
-    Yaw enters as sin/cos, so +pi and -pi are the same motion to the network."""
-    a = torch.as_tensor(actions, dtype=torch.float32)
-    if a.ndim != 2 or a.shape[1] not in (ACTION_DIMS, ACTION_DIMS + 1):
-        raise ValueError(f"actions must have shape (N, {ACTION_DIMS}) (dx, dy, dz, dyaw, "
-                         f"close) or (N, {ACTION_DIMS + 1}) (..., toggle), got "
-                         f"{tuple(a.shape)}")
-    toggle = a[:, 5:6] if a.shape[1] > ACTION_DIMS else torch.zeros_like(a[:, 4:5])
-    return torch.cat([a[:, :3] / motion_scale, torch.sin(a[:, 3:4]), torch.cos(a[:, 3:4]),
-                      a[:, 4:5], toggle], 1)
-
-
-def encode_states(openings: Any, heights: Any, config: QNetConfig) -> torch.Tensor:
-    """Finger openings (N,) and tool-point heights (N,), m -> (N, 2) network input."""
-    o = torch.as_tensor(openings, dtype=torch.float32).reshape(-1, 1) / config.opening_scale
-    h = torch.as_tensor(heights, dtype=torch.float32).reshape(-1, 1) / config.height_scale
-    return torch.cat([o, h], 1)
-
-
 class QNet(nn.Module):
     """Q(s, a) -> logit of the discounted success probability. Layout: the module docstring."""
 
@@ -193,20 +162,42 @@ class QNet(nn.Module):
 
     def score_features(self, features: torch.Tensor, states: torch.Tensor,
                        actions: torch.Tensor) -> torch.Tensor:
-        """Logits (N,) of encoded states (N or 1, 2) and actions (N, 7) against features
+        """Logits (N,) of encoded states (N or 1, 5) and actions (N, 7) against features
         (N or 1, C, m, m); a single feature map and state broadcast over all N actions."""
-        states = states.expand(actions.shape[0], -1)
+        states = states[:, :STATE_DIMS].expand(actions.shape[0], -1)
         actions = actions[:, :self.action_width]
         e = self.action_mlp(torch.cat([states, actions], 1))[:, :, None, None]
         return self.fc(self.head((features + e).relu_())).squeeze(1)
 
+    def score_batched(self, features: torch.Tensor, states: torch.Tensor,
+                      actions: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N): N encoded actions (B, N, 7) per state (B, 5) and its features
+        (B, C, m, m), each state's features tiled over its candidates (they are small)."""
+        b, n = actions.shape[:2]
+        return self.score_features(features.repeat_interleave(n, 0),
+                                   states.repeat_interleave(n, 0),
+                                   actions.reshape(b * n, -1)).reshape(b, n)
+
     def forward(self, image: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
                 depth: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits (B,) for images (B, 3, H, W) in [0, 1], encoded states (B, 2), encoded
+        """Logits (B,) for images (B, 3, H, W) in [0, 1], encoded states (B, 5), encoded
         actions (B, 7) [and depth (B, 1, H, W) m]."""
         return self.score_features(self.image_features(image, depth), state, action)
 
 
-def build_network(config: dict[str, Any]) -> QNet:
-    """Registry builder: a config dict (as saved in a bundle) -> an untrained network."""
+#: Either of the method's Q-networks: they share the interface (image_features, score_features,
+#: score_batched, forward) and the encodings.
+AnyQNet = Union[QNet, GripperQNet]
+
+
+def q_network(config: Union[QNetConfig, GripperQConfig]) -> AnyQNet:
+    """The network a config describes (the learner builds from the dataclass)."""
+    return GripperQNet(config) if isinstance(config, GripperQConfig) else QNet(config)
+
+
+def build_network(config: dict[str, Any]) -> AnyQNet:
+    """Registry builder: a config dict (as saved in a bundle) -> an untrained network; its
+    `view` picks the network ("gripper": gripper_network.py; none: the whole image)."""
+    if config.get("view") is not None:
+        return GripperQNet(GripperQConfig.from_dict(config))
     return QNet(QNetConfig.from_dict(config))

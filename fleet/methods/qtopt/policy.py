@@ -18,7 +18,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from fleet.methods.qtopt.network import QNet, encode_actions, encode_states
+from fleet.methods.qtopt.encoding import encode_actions, encode_states
+from fleet.methods.qtopt.network import AnyQNet
 from fleet.policy.base import Decision, Observation, Policy, StepLimits, clip_to_workspace
 from fleet.policy.cem import CEMConfig, cem_maximize
 from fleet.policy.images import images_to_tensor
@@ -48,9 +49,9 @@ class QPolicyConfig:
     limits: StepLimits = field(default_factory=StepLimits)
 
 
-def observation_tensors(obs: Observation, model: QNet
+def observation_tensors(obs: Observation, model: AnyQNet
                         ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-    """(image (1, 3, H, W), depth (1, 1, H, W) m or None, state (1, 2)) of an observation, as
+    """(image (1, 3, H, W), depth (1, 1, H, W) m or None, state (1, 5)) of an observation, as
     the network takes them; a clear error when the camera does not give what it needs."""
     cfg = model.config
     if obs.image.shape != (cfg.image_height, cfg.image_width, 3):
@@ -67,14 +68,14 @@ def observation_tensors(obs: Observation, model: QNet
                              "trained without depth")
         depth = torch.as_tensor(np.asarray(frame, np.float32))[None, None]
     opening = OPEN_GRIPPER if obs.gripper is None else float(obs.gripper)
-    state = encode_states([opening], [float(obs.position[2])], cfg)
+    state = encode_states([opening], [obs.ee_pose], cfg)
     return images_to_tensor(obs.image), depth, state
 
 
 class QScorer:
     """Q of one observation's actions, the image features computed once per decision."""
 
-    def __init__(self, model: QNet) -> None:
+    def __init__(self, model: AnyQNet) -> None:
         self.model = model.eval()
 
     def prepare(self, obs: Observation) -> tuple[MotionScore, float, float]:
@@ -122,7 +123,7 @@ class QTOptPolicy(Policy):
 
     kind = "qtopt"
 
-    def __init__(self, model: QNet, config: Optional[QPolicyConfig] = None,
+    def __init__(self, model: AnyQNet, config: Optional[QPolicyConfig] = None,
                  version: int = 0) -> None:
         self.scorer = QScorer(model)
         self.config = config or QPolicyConfig()
@@ -154,7 +155,7 @@ class QTOptPolicy(Policy):
         return Decision(step, close=False, p_best=best, p_noop=q_close)
 
 
-def make_policy(model: QNet, version: int, settings) -> QTOptPolicy:
+def make_policy(model: AnyQNet, version: int, settings) -> QTOptPolicy:
     """The registry's factory, with the robot's CEM settings (ServoSettings)."""
     cem = step_cem(settings.cem_samples, settings.cem_elites, settings.cem_iterations)
     return QTOptPolicy(model, QPolicyConfig(cem=cem), version)
