@@ -79,7 +79,8 @@ def test_missing_config_names_the_default(tmp_path: Path) -> None:
 
 def test_fleet_sim_passes_exploration_weight_average_and_camera(tmp_path: Path) -> None:
     """What `fleet sim` would start: robots explore as config/robot_node.yaml says unless
-    --exploration-policy is given; the learner gets --ema-decay and the arms file's camera."""
+    --exploration-policy is given; the learner gets --ema-decay, --q-view and the arms file's
+    camera."""
     from fleet.ops.sim_fleet import SimFleetConfig, children
 
     arms = tmp_path / "arms.yaml"
@@ -95,3 +96,6 @@ def test_fleet_sim_passes_exploration_weight_average_and_camera(tmp_path: Path) 
     learner = argv("learner", learner_ema_decay=0.995)
     assert learner[learner.index("--camera-fov-deg") + 1] == "40.0"
     assert learner[learner.index("--ema-decay") + 1] == "0.995"
+    assert learner[learner.index("--q-view") + 1] == "gripper"  # qtopt's default view
+    image = argv("learner", learner_method="qtopt", learner_q_view="image")
+    assert image[image.index("--q-view") + 1] == "image"

@@ -70,6 +70,7 @@ def _cmd_sim(args) -> int:
                          learner_method=args.learner_method,
                          learner_samples_per_attempt=args.learner_samples_per_attempt,
                          learner_ema_decay=args.learner_ema_decay,
+                         learner_q_view=args.learner_q_view,
                          exploration_policy=args.exploration_policy,
                          metrics_port=args.metrics_port or None,
                          dashboard_port=args.dashboard_port or None)
@@ -152,6 +153,9 @@ def add_sim(sub) -> None:
     p.add_argument("--learner-ema-decay", type=float, default=0.0,
                    help="learner --ema-decay: publish a moving average of the weights with this "
                         "decay per step (0: the latest weights)")
+    p.add_argument("--learner-q-view", default="gripper",
+                   help="learner --q-view: what a Q-learning method's network sees, the patch "
+                        "where a step leads (gripper, default) or the whole image (image)")
     p.add_argument("--dashboard-port", type=int, default=8080,
                    help="web dashboard port on 127.0.0.1 (0: no dashboard)")
     p.set_defaults(func=_cmd_sim)
