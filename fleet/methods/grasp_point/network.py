@@ -31,7 +31,7 @@ object), the label says so.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fleet.methods.bundle_config import BundleConfig
 from fleet.methods.patches import DepthToHeight, PatchSampler
 from fleet.policy.geometry import DEFAULT_EYE, DEFAULT_FOV_DEG, DEFAULT_TARGET
 
@@ -51,7 +52,7 @@ GRASP_ENCODING = ("x, y (m, base_link) of the tool point at closing, yaw (rad) o
 
 
 @dataclass(frozen=True)
-class GraspPointConfig:
+class GraspPointConfig(BundleConfig):
     """Every tunable of the grasp-point network, including the camera model it samples with
     (saved verbatim in the policy bundle: a bundle is only valid for the camera it saw)."""
 
@@ -111,20 +112,6 @@ class GraspPointConfig:
     def image_channels(self) -> int:
         """Channels the patch sampler reads: RGB, plus height with use_depth."""
         return 4 if self.use_depth else 3
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("channels", "camera_eye", "camera_target", "patch_planes"):
-            d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GraspPointConfig":
-        """Strict: an unknown key is an error (a bundle from a newer build), not ignored."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown GraspPointConfig fields {sorted(unknown)}")
-        return cls(**d)
 
 
 class GraspPointNet(nn.Module):

@@ -26,13 +26,14 @@ and the learner take either; the bundle's config says which (`view`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fleet.methods.bundle_config import BundleConfig
 from fleet.methods.patches import DepthToHeight, PatchSampler
 from fleet.methods.qtopt.encoding import (ACTION_ENCODING, ARCHITECTURE_NAME, ENCODED_ACTION_DIMS,
                                          REGRASP_ENCODING, STATE_ENCODING)
@@ -43,7 +44,7 @@ GRIPPER_VIEW = "gripper"
 
 
 @dataclass(frozen=True)
-class GripperQConfig:
+class GripperQConfig(BundleConfig):
     """Every tunable of the gripper-view Q-network (saved verbatim in the policy bundle,
     camera model included: a bundle is only valid for the camera it saw)."""
 
@@ -94,21 +95,6 @@ class GripperQConfig:
         scales = (self.height_scale, self.motion_scale, self.opening_scale)
         if min(scales) <= 0:
             raise ValueError(f"every *_scale must be positive, got {scales}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("channels", "patch_planes", "camera_eye", "camera_target"):
-            d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GripperQConfig":
-        """Strict: an unknown key is an error (a bundle from a newer build), not ignored."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown GripperQConfig fields {sorted(unknown)}: this bundle "
-                             f"was written by a newer fleet; update fleet on this side")
-        return cls(**d)
 
 
 class GripperQNet(nn.Module):

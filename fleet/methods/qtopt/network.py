@@ -18,13 +18,14 @@ the policy bundle so a loader rebuilds the same network.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from fleet.methods.bundle_config import BundleConfig
 from fleet.methods.layers import image_trunk, scoring_head
 from fleet.methods.qtopt.encoding import (  # noqa: F401  (re-exported: the method's names)
     ACTION_DIMS, ACTION_ENCODING, ARCHITECTURE_NAME, ENCODED_ACTION_DIMS, REGRASP_ENCODING,
@@ -33,7 +34,7 @@ from fleet.methods.qtopt.gripper_network import GripperQConfig, GripperQNet
 
 
 @dataclass(frozen=True)
-class QNetConfig:
+class QNetConfig(BundleConfig):
     """Every tunable of the Q-network (saved verbatim in the policy bundle)."""
 
     image_height: int = 64
@@ -87,21 +88,6 @@ class QNetConfig:
         scales = (self.depth_scale, self.motion_scale, self.opening_scale, self.height_scale)
         if min(scales) <= 0:
             raise ValueError(f"every *_scale must be positive, got {scales}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["trunk_channels"] = list(self.trunk_channels)
-        d["head_channels"] = list(self.head_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "QNetConfig":
-        """Strict: an unknown key is an error (a bundle from a newer build), not ignored."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown QNetConfig fields {sorted(unknown)}: this bundle was "
-                             f"written by a newer fleet; update fleet on this side")
-        return cls(**d)
 
 
 class QNet(nn.Module):
