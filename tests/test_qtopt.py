@@ -40,6 +40,7 @@ from fleet.wire.depth_image import encode_depth_png
 from fleet.wire.records import Attempt, Step, encode
 from robot_node.params import NodeConfig
 from robot_node.policy_runtime import PolicyRuntime
+from test_qtopt_gripper_view import top_down_pose
 
 OPTIONS = QLearningOptions()  # gamma 0.9, step cost 0.05
 REPO = Path(__file__).resolve().parents[1]
@@ -97,8 +98,9 @@ def test_network_shapes_and_the_broadcast_used_by_cem(size, depth, pool):
                           input_pool=pool)).eval()
     image = torch.rand(3, 3, size, size)
     d = torch.rand(3, 1, size, size) if depth else None
-    state = encode_states([0.08, 0.08, 0.0], [_pose(0.5, 0, 0.1), _pose(0.6, 0.1, 0.2),
-                                              _pose(0.5, -0.1, 0.3)], net.config)
+    poses = [top_down_pose(0.5, 0, 0.1), top_down_pose(0.6, 0.1, 0.2),
+             top_down_pose(0.5, -0.1, 0.3)]
+    state = encode_states([0.08, 0.08, 0.0], poses, net.config)
     actions = encode_actions(np.array([[0.01, 0, -0.05, 0.3, 0], [0, 0, 0, 0, 1],
                                        [0.05, 0.05, 0.05, -0.3, 0]]), net.config.motion_scale)
     assert state.shape == (3, 5) and actions.shape == (3, 7)
@@ -118,51 +120,6 @@ def test_network_shapes_and_the_broadcast_used_by_cem(size, depth, pool):
     if depth:
         with pytest.raises(ValueError, match="takes the aligned depth image"):
             net.image_features(image)
-
-
-def _pose(x: float, y: float, z: float, yaw: float = 0.0) -> tuple[float, ...]:
-    """A top-down tool pose with this yaw about base z (the sim arm's quaternion order)."""
-    return (x, y, z, 0.0, 0.0, float(np.sin(yaw / 2)), float(np.cos(yaw / 2)))
-
-
-@pytest.mark.parametrize("size,depth", [(64, False), (128, True)])
-def test_gripper_view_scores_where_a_step_leads(size, depth):
-    """The gripper view's Q is an afterstate value: a step from p by d scores the same as a
-    step from p + e by d - e (same image, same height); the batched scoring the Bellman
-    updaters use equals scoring one state at a time; the bundle config rebuilds it."""
-    cfg = GripperQConfig(image_height=size, image_width=size, use_depth=depth)
-    net = build_network(cfg.to_dict()).eval()
-    assert type(net).__name__ == "GripperQNet" and net.config == cfg
-    image = torch.rand(2, 3, size, size)
-    d = torch.rand(2, 1, size, size) + 0.5 if depth else None
-    features = net.image_features(image, d)
-    assert features.shape == (2, 4 if depth else 3, size, size)
-    here = encode_states([0.08], [_pose(0.55, 0.0, 0.2, 0.4)], cfg)
-    there = encode_states([0.08], [_pose(0.58, -0.02, 0.2, 0.1)], cfg)
-    with torch.no_grad():
-        a = net.score_features(features[:1], here, encode_actions(
-            np.array([[0.04, 0.01, -0.03, 0.1, 0]]), cfg.motion_scale))
-        b = net.score_features(features[:1], there, encode_actions(
-            np.array([[0.01, 0.03, -0.03, 0.4, 0]]), cfg.motion_scale))
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
-        lower = net.score_features(features[:1], here, encode_actions(
-            np.array([[0.04, 0.01, -0.05, 0.1, 0]]), cfg.motion_scale))
-        assert not torch.allclose(a, lower), "the height after the step is an input"
-        actions = encode_actions(np.random.default_rng(0).uniform(-0.05, 0.05, (10, 5))
-                                 * [1, 1, 1, 3, 0], cfg.motion_scale)
-        states = torch.cat([here, there])
-        batched = net.score_batched(features, states, actions.reshape(2, 5, 7))
-        for i in range(2):
-            torch.testing.assert_close(batched[i], net.score_features(
-                features[i:i + 1], states[i:i + 1], actions[5 * i:5 * i + 5]),
-                atol=1e-5, rtol=0)
-        torch.testing.assert_close(net(image, states, actions[:2], d),
-                                   net.score_features(features, states, actions[:2]))
-    if depth:
-        with pytest.raises(ValueError, match="takes the aligned depth image"):
-            net.image_features(image)
-    with pytest.raises(ValueError, match="unknown GripperQConfig fields"):
-        build_network({**cfg.to_dict(), "wrist_camera": True})
 
 
 def test_the_trunk_sees_a_large_camera_pooled_and_the_bundle_still_takes_its_size():
@@ -436,7 +393,7 @@ def test_q_learns_that_moving_down_leads_to_success(tmp_path, network):
         image = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             def q(z: float, action: list[float]) -> float:
-                s = encode_states([0.08], [_pose(0.55, 0.0, z)], net.config)
+                s = encode_states([0.08], [top_down_pose(0.55, 0.0, z)], net.config)
                 a = encode_actions(np.array([action]), net.config.motion_scale)
                 return float(torch.sigmoid(net(image, s, a)))
             down.append(q(0.25, [0, 0, -0.05, 0, 0]))

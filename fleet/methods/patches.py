@@ -18,6 +18,18 @@ from torch import nn
 from fleet.policy.geometry import camera_axes, focal_px
 
 
+def mirror_patches(patches: torch.Tensor, mirror: torch.Tensor | None) -> torch.Tensor:
+    """Patches (N, C, S, S), each flipped left-right where mirror[n, 0] and upside down where
+    mirror[n, 1] (mirror (N, 2) bool; None: unchanged). A parallel gripper is mirror-symmetric
+    in both axes of its patch, so the mirrored scene grasped the mirrored way has the same
+    outcome: exact extra data for training."""
+    if mirror is None:
+        return patches
+    m = mirror.to(patches.device)
+    patches = torch.where(m[:, 0, None, None, None], patches.flip(-1), patches)
+    return torch.where(m[:, 1, None, None, None], patches.flip(-2), patches)
+
+
 class PatchGeometry(Protocol):
     """The fields a patch sampler reads from a network config."""
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleet.methods.bundle_config import BundleConfig
-from fleet.methods.patches import DepthToHeight, PatchSampler
+from fleet.methods.patches import DepthToHeight, PatchSampler, mirror_patches
 from fleet.policy.geometry import DEFAULT_EYE, DEFAULT_FOV_DEG, DEFAULT_TARGET
 
 #: The bundle architecture name of this network (fleet/methods/grasp_point registers it).
@@ -195,12 +195,7 @@ class GraspPointNet(nn.Module):
         the mirrored scene grasped the mirrored way has the same outcome: exact extra data.
         (It is an argument of forward, not a step outside it, so DistributedDataParallel sees
         the whole computation.)"""
-        patches = self.patches(images, grasps, depth)
-        if mirror is not None:
-            m = mirror.to(patches.device)
-            patches = torch.where(m[:, 0, None, None, None], patches.flip(-1), patches)
-            patches = torch.where(m[:, 1, None, None, None], patches.flip(-2), patches)
-        return self.score_patches(patches)
+        return self.score_patches(mirror_patches(self.patches(images, grasps, depth), mirror))
 
 
 def build_network(config: dict[str, Any]) -> GraspPointNet:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleet.methods.bundle_config import BundleConfig
-from fleet.methods.patches import DepthToHeight, PatchSampler
+from fleet.methods.patches import DepthToHeight, PatchSampler, mirror_patches
 from fleet.methods.qtopt.encoding import (ACTION_ENCODING, ARCHITECTURE_NAME, ENCODED_ACTION_DIMS,
                                          REGRASP_ENCODING, STATE_ENCODING)
 from fleet.policy.geometry import DEFAULT_EYE, DEFAULT_FOV_DEG, DEFAULT_TARGET
@@ -156,9 +156,11 @@ class GripperQNet(nn.Module):
         return torch.cat([image, self.height(depth)], 1) - 0.5
 
     def score_batched(self, features: torch.Tensor, states: torch.Tensor,
-                      actions: torch.Tensor) -> torch.Tensor:
+                      actions: torch.Tensor,
+                      mirror: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, N): N encoded actions (B, N, 7) per state (B, 5) and its features
-        (B, C, H, W). One grid_sample per state serves all of its candidates."""
+        (B, C, H, W). One grid_sample per state serves all of its candidates. `mirror`
+        (B * N, 2) bool, for training: flip each patch (patches.mirror_patches)."""
         cfg = self.config
         b, n = actions.shape[:2]
         a = actions.reshape(b * n, -1)
@@ -172,7 +174,7 @@ class GripperQNet(nn.Module):
         out = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)  # (B, C, n P S, S)
         patches = out.reshape(b, c, n, planes, size, size).permute(0, 2, 3, 1, 4, 5)
-        patches = patches.reshape(b * n, planes * c, size, size)
+        patches = mirror_patches(patches.reshape(b * n, planes * c, size, size), mirror)
         height = s[:, 1:2] + motion[:, 2:3] / cfg.height_scale
         low = torch.cat([height, s[:, 0:1], a[:, 5:self.action_width]], 1)
         return self.fc(torch.cat([self.trunk(patches), low], 1)).reshape(b, n)
@@ -186,7 +188,11 @@ class GripperQNet(nn.Module):
         return self.score_batched(features, states, actions[:, None])[:, 0]
 
     def forward(self, image: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
-                depth: Optional[torch.Tensor] = None) -> torch.Tensor:
+                depth: Optional[torch.Tensor] = None,
+                mirror: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B,) for images (B, 3, H, W) in [0, 1], encoded states (B, 5), encoded
-        actions (B, 7) [and depth (B, 1, H, W) m]."""
-        return self.score_features(self.image_features(image, depth), state, action)
+        actions (B, 7) [and depth (B, 1, H, W) m]; `mirror` (B, 2) bool flips the patches
+        (training: the gripper is mirror-symmetric, so is the value of where a step leads;
+        an argument of forward so that DistributedDataParallel sees the whole computation)."""
+        features = self.image_features(image, depth)
+        return self.score_batched(features, state, action[:, None], mirror)[:, 0]

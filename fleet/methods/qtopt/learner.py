@@ -151,6 +151,10 @@ class QTOptLearner:
         self.collate = QTOptCollate(network, options,
                                     self.bellman if self.updaters_in_workers else None)
         self.requires_depth = network.use_depth
+        #: Flip the gripper view's patches at random in training, as the grasp-point learner
+        #: does: offline on run 3's 7,380 closing steps, held-out AUC of Q(s_T, close) 0.81
+        #: and still rising at 4,000 steps with it, 0.79 at 1,000 falling to 0.76 without.
+        self.mirror = isinstance(network, GripperQConfig)
         self.steps_taken = 0
         self.targets_from_updaters = 0  # training steps whose targets a data worker computed
         self._window: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []
@@ -175,7 +179,11 @@ class QTOptLearner:
             target = self.bellman.targets(batch, g)
         self.model.train()
         image, state, action, depth = self._inputs(batch, g)
-        logits = self.model(image, state, action, depth)
+        if self.mirror:  # the gripper view's patches, flipped at random (exact symmetry)
+            mirror = torch.rand(image.shape[0], 2, generator=g) < 0.5
+            logits = self.model(image, state, action, depth, mirror)
+        else:
+            logits = self.model(image, state, action, depth)
         loss = F.binary_cross_entropy_with_logits(logits, target.to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
