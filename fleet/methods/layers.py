@@ -47,3 +47,14 @@ def scoring_head(merge_channels: int, channels: tuple[int, ...], merge_size: int
     fc = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * side * side, fc_width), nn.ReLU(),
                        nn.Linear(fc_width, 1))
     return nn.Sequential(*head), fc
+
+
+def patch_convs(cin: int, channels: tuple[int, ...], side: int) -> tuple[list[nn.Module], int, int]:
+    """The patch networks' trunk (grasp-point, QT-Opt's gripper view): per entry of `channels`
+    a same-padded 3 x 3 convolution, ReLU and 2 x 2 max pooling, as a flat list (the bundles'
+    weights are keyed `trunk.<i>`). Returns (layers, output channels, output side)."""
+    layers: list[nn.Module] = []
+    for cout in channels:
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        cin, side = cout, side // 2
+    return layers, cin, side

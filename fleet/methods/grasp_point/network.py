@@ -34,12 +34,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fleet.methods.bundle_config import BundleConfig
+from fleet.methods.layers import patch_convs
 from fleet.methods.patches import DepthToHeight, PatchSampler, mirror_patches
 from fleet.policy.geometry import DEFAULT_EYE, DEFAULT_FOV_DEG, DEFAULT_TARGET
 
@@ -124,12 +124,8 @@ class GraspPointNet(nn.Module):
         self.config = cfg = config or GraspPointConfig()
         self.sampler = PatchSampler(cfg)
         self.height = DepthToHeight(cfg) if cfg.use_depth else None
-        layers: list[nn.Module] = []
-        cin, side = cfg.image_channels * len(cfg.patch_planes), cfg.patch_size
-        for cout in cfg.channels:
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            cin, side = cout, side // 2
+        layers, cin, side = patch_convs(cfg.image_channels * len(cfg.patch_planes),
+                                        cfg.channels, cfg.patch_size)
         self.trunk = nn.Sequential(*layers)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(cin * side * side, cfg.fc_width),
                                 nn.ReLU(inplace=True), nn.Linear(cfg.fc_width, 1))

@@ -51,3 +51,14 @@ def encode_states(openings: Any, ee_poses: Any, config: Any) -> torch.Tensor:
     h = torch.as_tensor(poses[:, 2:3] / config.height_scale)
     yaw = torch.as_tensor(quaternion_yaw(poses[:, 3:7])[:, None])
     return torch.cat([o, h, torch.as_tensor(poses[:, :2]), yaw], 1).float()
+
+
+def input_spec(config: Any) -> dict[str, Any]:
+    """What both Q-networks' bundles say about their inputs (each adds its own depth line and,
+    the gripper view, its `view`): the camera frame and the encodings above."""
+    return {"image_height": config.image_height, "image_width": config.image_width,
+            "image_channels": 3, "image_encoding": "rgb8 / 255",
+            "image": "I_t (the newest frame)", "state_encoding": STATE_ENCODING,
+            "action_encoding": REGRASP_ENCODING if config.regrasp else ACTION_ENCODING,
+            "motion_scale": config.motion_scale, "opening_scale": config.opening_scale,
+            "height_scale": config.height_scale}

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleet.methods.bundle_config import BundleConfig
+from fleet.methods.layers import patch_convs
 from fleet.methods.patches import DepthToHeight, PatchSampler, mirror_patches
-from fleet.methods.qtopt.encoding import (ACTION_ENCODING, ARCHITECTURE_NAME, ENCODED_ACTION_DIMS,
-                                         REGRASP_ENCODING, STATE_ENCODING)
+from fleet.methods.qtopt.encoding import ARCHITECTURE_NAME, ENCODED_ACTION_DIMS, input_spec
 from fleet.policy.geometry import DEFAULT_EYE, DEFAULT_FOV_DEG, DEFAULT_TARGET
 
 #: The `view` of this network's config (a bundle's config picks its network by it).
@@ -109,12 +109,8 @@ class GripperQNet(nn.Module):
         self.sampler = PatchSampler(cfg)
         self.height = DepthToHeight(cfg) if cfg.use_depth else None
         self.action_width = ENCODED_ACTION_DIMS + int(cfg.regrasp)
-        layers: list[nn.Module] = []
-        cin, side = (4 if cfg.use_depth else 3) * len(cfg.patch_planes), cfg.patch_size
-        for cout in cfg.channels:
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            cin, side = cout, side // 2
+        layers, cin, side = patch_convs((4 if cfg.use_depth else 3) * len(cfg.patch_planes),
+                                        cfg.channels, cfg.patch_size)
         self.trunk = nn.Sequential(*layers, nn.Flatten())
         # height after the step, opening, close [, toggle]
         extra = 3 + int(cfg.regrasp)
@@ -128,12 +124,7 @@ class GripperQNet(nn.Module):
 
     def input_spec(self) -> dict[str, Any]:
         cfg = self.config
-        spec = {"image_height": cfg.image_height, "image_width": cfg.image_width,
-                "image_channels": 3, "image_encoding": "rgb8 / 255",
-                "image": "I_t (the newest frame)", "state_encoding": STATE_ENCODING,
-                "action_encoding": REGRASP_ENCODING if cfg.regrasp else ACTION_ENCODING,
-                "motion_scale": cfg.motion_scale, "opening_scale": cfg.opening_scale,
-                "height_scale": cfg.height_scale, "view": cfg.view}
+        spec = {**input_spec(cfg), "view": cfg.view}
         if cfg.use_depth:
             spec["depth"] = "I_t's aligned depth, H x W float32 m (0 = no return)"
         return spec

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,7 +28,7 @@ from fleet.methods.bundle_config import BundleConfig
 from fleet.methods.layers import image_trunk, scoring_head
 from fleet.methods.qtopt.encoding import (  # noqa: F401  (re-exported: the method's names)
     ACTION_DIMS, ACTION_ENCODING, ARCHITECTURE_NAME, ENCODED_ACTION_DIMS, REGRASP_ENCODING,
-    STATE_DIMS, STATE_ENCODING, encode_actions, encode_states)
+    STATE_DIMS, STATE_ENCODING, encode_actions, encode_states, input_spec)
 from fleet.methods.qtopt.gripper_network import GripperQConfig, GripperQNet
 
 
@@ -116,12 +115,7 @@ class QNet(nn.Module):
 
     def input_spec(self) -> dict[str, Any]:
         cfg = self.config
-        spec = {"image_height": cfg.image_height, "image_width": cfg.image_width,
-                "image_channels": 3, "image_encoding": "rgb8 / 255",
-                "image": "I_t (the newest frame)", "state_encoding": STATE_ENCODING,
-                "action_encoding": REGRASP_ENCODING if cfg.regrasp else ACTION_ENCODING,
-                "motion_scale": cfg.motion_scale,
-                "opening_scale": cfg.opening_scale, "height_scale": cfg.height_scale}
+        spec = input_spec(cfg)
         if cfg.use_depth:
             spec["depth"] = (f"I_t's aligned depth, H x W float32 m (0 = no return), "
                              f"/ {cfg.depth_scale} m clipped to [0, 1]")
