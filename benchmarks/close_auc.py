@@ -46,12 +46,22 @@ class Variant:
     patch_extent: float = 0.16
     frame: str = "last"  # "last": the closing step's frame I_T; "first": I_0, arm out of view
     mirror: bool = False
+    #: The patch convs' channels; () is (16, 32, 32), plus a fourth 32 for patches >= 32 px.
+    channels: tuple[int, ...] = ()
+    first_stride: int = 1
 
 
 VARIANTS = {"base": Variant(), "mirror": Variant(mirror=True),
             "p32": Variant(patch_size=32), "p32_mirror": Variant(patch_size=32, mirror=True),
             "wide_mirror": Variant(patch_extent=0.24, mirror=True),
-            "first_mirror": Variant(frame="first", mirror=True)}
+            "first_mirror": Variant(frame="first", mirror=True),
+            # the grasp-point network's patch trunk: 32 px, three convs (16, 32, 64)
+            "p32w_mirror": Variant(patch_size=32, mirror=True, channels=(16, 32, 64)),
+            # 32 px through a strided first conv: about the 16 px network's cost
+            "p32s2_mirror": Variant(patch_size=32, mirror=True, channels=(16, 32, 32),
+                                    first_stride=2),
+            "p32s2w_mirror": Variant(patch_size=32, mirror=True, channels=(16, 32, 64),
+                                     first_stride=2)}
 
 
 @dataclass
@@ -113,7 +123,9 @@ def probe(data: Closes, variant: Variant, seed: int, steps: int, size: int) -> f
     torch.manual_seed(seed)
     cfg = GripperQConfig(image_height=size, image_width=size, use_depth=True,
                          patch_size=variant.patch_size, patch_extent=variant.patch_extent,
-                         channels=(16, 32, 32) + ((32,) if variant.patch_size >= 32 else ()))
+                         first_stride=variant.first_stride,
+                         channels=variant.channels or (
+                             (16, 32, 32) + ((32,) if variant.patch_size >= 32 else ())))
     net = GripperQNet(cfg)
     with torch.no_grad():
         features = torch.cat([net.image_features(data.images[variant.frame][i:i + 256],

@@ -1,4 +1,4 @@
-"""Where a grasp-point policy fails: its grasps against a privileged planner's, scene by scene.
+"""Where a learned policy fails: its grasps against a privileged planner's, scene by scene.
 
     .venv/bin/python benchmarks/grasp_failures.py --policy runs/learn/run/learner/policies/v9
 
@@ -9,11 +9,14 @@ chosen grasp centre lands from the nearest object's centre and from its nearest 
 and what the network scores the grasp the privileged planner (sim_bridge.scripted.plan_grasp)
 would make on the same image. The reference, measured in the same run on the same scene seeds,
 is that planner's own success through the same grasp loop: the figure is the policy's success
-as a share of it. docs/RESULTS.md ("Session 4 studies") has a run and what it showed.
+as a share of it. A grasp-point bundle's grasp is the one it picks on I_0; a QT-Opt bundle's
+(closed loop) is where the gripper is when the policy closes, and its scores are Q(s_T, close)
+there and at the planner's grasp on the same frame. docs/RESULTS.md ("Session 4 studies") has a run and what it showed.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -31,13 +34,19 @@ from grasp_harness import InProcessArm  # noqa: E402
 
 from fleet.policy.bundle import BundleError, load_bundle  # noqa: E402
 from fleet.evaluation.counting import wilson_interval  # noqa: E402
+from fleet.policy.base import Decision, Observation  # noqa: E402
 from fleet.policy.exploration import RandomDescentPolicy  # noqa: E402
-from fleet.policy.geometry import half_turn, yaw_of_pose
+from fleet.policy.geometry import half_turn, yaw_of_pose  # noqa: E402
 from fleet.methods.grasp_point.policy import GraspPointPolicy  # noqa: E402
+from fleet.methods.qtopt.encoding import ARCHITECTURE_NAME as QTOPT_ARCHITECTURE  # noqa: E402
+from fleet.methods.qtopt.policy import QTOptPolicy  # noqa: E402
 from robot_node.grasp_loop import GraspLoop  # noqa: E402
 from robot_node.params import NodeConfig  # noqa: E402
 from sim_bridge.core import SimArm, SimConfig  # noqa: E402
 from sim_bridge.scripted import plan_grasp  # noqa: E402
+
+#: The bundle architectures this diagnostic reads.
+ARCHITECTURES = ("grasp_point_cnn", QTOPT_ARCHITECTURE)
 
 #: Bins of the grasp centre's distance to the nearest object's centre, m.
 CENTRE_BINS = (0.0, 0.01, 0.02, 0.04, math.inf)
@@ -52,7 +61,6 @@ class ProbedPolicy(GraspPointPolicy):
 
     def _choose_target(self, obs):
         target = super()._choose_target(obs)
-        points = [p[:, :2] for _, p in self.sim.object_points()]
         plan = plan_grasp(self.sim, np.random.default_rng(0))
         image = obs.initial_image if obs.initial_image is not None else obs.image
         grasp = self.grasp
@@ -60,12 +68,50 @@ class ProbedPolicy(GraspPointPolicy):
         if plan is not None:
             score = self.scorer.prepare(image, obs.initial_depth)
             planned = float(score(np.array([[plan.x, plan.y, plan.yaw]]))[0])
-        self.notes.append({
-            "p_chosen": self.p_best, "p_planner": planned,
-            "to_centre": min(float(np.linalg.norm(p.mean(axis=0) - grasp[:2])) for p in points),
-            "to_vertex": min(float(np.min(np.linalg.norm(p - grasp[:2], axis=1)))
-                             for p in points)})
+        self.notes.append({"p_chosen": self.p_best, "p_planner": planned,
+                           **distances(self.sim, grasp[:2])})
         return target
+
+
+def distances(sim: SimArm, xy: np.ndarray) -> dict[str, float]:
+    """How far a grasp centre lands from the nearest object's centre and mesh vertex (m)."""
+    points = [p[:, :2] for _, p in sim.object_points()]
+    return {"to_centre": min(float(np.linalg.norm(p.mean(axis=0) - xy)) for p in points),
+            "to_vertex": min(float(np.min(np.linalg.norm(p - xy, axis=1))) for p in points)}
+
+
+def yawed(pose: np.ndarray, x: float, y: float, yaw: float) -> np.ndarray:
+    """The pose moved to (x, y) and turned about base z to `yaw`, its height kept."""
+    d = half_turn(yaw - yaw_of_pose(pose))
+    rz = np.array([0.0, 0.0, math.sin(d / 2), math.cos(d / 2)])
+    qx, qy, qz, qw = pose[3:7]
+    ax, ay, az, aw = rz  # Hamilton product rz * q (xyzw): a turn about the base's z axis
+    q = [aw * qx + ax * qw + ay * qz - az * qy, aw * qy - ax * qz + ay * qw + az * qx,
+         aw * qz + ax * qy - ay * qx + az * qw, aw * qw - ax * qx - ay * qy - az * qz]
+    return np.array([x, y, pose[2], *q])
+
+
+class ProbedQTOpt(QTOptPolicy):
+    """A QT-Opt bundle's closed loop, noting where the gripper is when it closes, and what
+    Q(s_T, close) says of the planner's grasp on the same frame."""
+
+    def __init__(self, model, version: int, sim: SimArm, notes: list[dict[str, Any]]) -> None:
+        super().__init__(model, version=version)
+        self.sim, self.notes = sim, notes
+
+    def decide(self, obs: Observation) -> Decision:
+        decision = super().decide(obs)
+        if decision.close:
+            plan = plan_grasp(self.sim, np.random.default_rng(0))
+            planned = math.nan
+            if plan is not None:
+                there = dataclasses.replace(obs, ee_pose=yawed(np.asarray(obs.ee_pose, float),
+                                                               plan.x, plan.y, plan.yaw))
+                planned = self.scorer.prepare(there)[1]
+            self.notes.append({"p_chosen": decision.p_noop, "p_planner": planned,
+                               "step": obs.step, "z": float(obs.position[2]),
+                               **distances(self.sim, obs.position[:2])})
+        return decision
 
 
 class PlannerPolicy(RandomDescentPolicy):
@@ -98,7 +144,8 @@ def run_chunk(job: tuple[str, str, int, int, int]) -> list[dict[str, Any]]:
                           num_objects=objects)) as sim:
         attempts: list = []
         loop = GraspLoop(node, InProcessArm(sim), attempts.append)
-        policy = ProbedPolicy(model, meta.version, sim, notes) if which == "bundle" \
+        probe = ProbedQTOpt if meta.architecture == QTOPT_ARCHITECTURE else ProbedPolicy
+        policy = probe(model, meta.version, sim, notes) if which == "bundle" \
             else PlannerPolicy(sim)
         rng = np.random.default_rng(seed)
         for _ in range(n):
@@ -136,12 +183,24 @@ def summarise(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> di
         "planner_grasp_scored_higher_share": float(np.nanmean(planner > chosen)),
         "score_chosen_success": float(chosen[ok].mean()) if ok.any() else math.nan,
         "score_chosen_failure": float(chosen[~ok].mean()) if (~ok).any() else math.nan,
+        **closing(rows, ok),
     }
+
+
+def closing(rows: list[dict[str, Any]], ok: np.ndarray) -> dict[str, Any]:
+    """A closed-loop policy's closes: median step and height, successes and failures apart."""
+    if not rows or "step" not in rows[0]:
+        return {}
+    step, z = np.array([r["step"] for r in rows]), np.array([r["z"] for r in rows])
+    return {f"close_{name}_median_{which}": float(np.median(v[m])) if m.any() else None
+            for name, v in (("step", step), ("z", z))
+            for which, m in (("success", ok), ("failure", ~ok))}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--policy", type=Path, required=True, help="a grasp-point bundle directory")
+    p.add_argument("--policy", type=Path, required=True,
+                   help="a grasp-point or QT-Opt bundle directory")
     p.add_argument("--attempts", type=int, default=100, help="per policy (default 100)")
     p.add_argument("--seed", type=int, default=500, help="first scene seed (one per chunk)")
     p.add_argument("--chunk", type=int, default=25, help="attempts per worker job")
@@ -155,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, OSError) as exc:
         p.error(f"--policy {args.policy}: {exc} (pass a bundle directory such as "
                 f"<learner out>/policies/v3)")
-    if meta.architecture != "grasp_point_cnn":
+    if meta.architecture not in ARCHITECTURES:
         p.error(f"--policy {args.policy} is a {meta.architecture!r} bundle; this diagnostic "
-                f"reads grasp-point bundles (grasp_point_cnn)")
+                f"reads grasp-point and QT-Opt bundles ({', '.join(ARCHITECTURES)})")
     chunks = [(args.seed + k, min(args.chunk, args.attempts - k * args.chunk))
               for k in range(math.ceil(args.attempts / args.chunk))]
     t0 = time.time()
@@ -186,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['score_chosen_success']:.2f}, failures {s['score_chosen_failure']:.2f}); the "
           f"planner's grasp median {s['score_of_planner_grasp_median']:.2f}, scored higher than "
           f"the chosen one in {s['planner_grasp_scored_higher_share']:.2f} of scenes")
+    if "close_step_median_success" in s:
+        print(f"closes: median step {s['close_step_median_success']} / "
+              f"{s['close_step_median_failure']} and height {s['close_z_median_success']} / "
+              f"{s['close_z_median_failure']} m (successes / failures)")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2).replace("NaN", "null"))
     return 0

@@ -71,6 +71,7 @@ class RunConfig:
     learner_samples_per_attempt: float = 32.0
     learner_ema_decay: float = 0.0  # learner --ema-decay (run 7: 0.995)
     learner_q_view: str = "gripper"  # learner --q-view for qtopt (qtopt runs 1-2: image)
+    learner_workers: int = 1  # learner --workers (qtopt: Bellman updater processes)
     exploration_policy: str = ""  # robot_node exploration_policy; "": config/robot_node.yaml's
     # objects per tray, for the fleet and for evaluation: 5 (config/arms.yaml's) or 15, the
     # clutter benchmark (success = any object lifted, as the sim labels every attempt)
@@ -220,6 +221,7 @@ def collect(cfg: RunConfig) -> tuple[list[Point], Clock, dict[str, int]]:
                            learner_samples_per_attempt=cfg.learner_samples_per_attempt,
                            learner_ema_decay=cfg.learner_ema_decay,
                            learner_q_view=cfg.learner_q_view,
+                           learner_workers=cfg.learner_workers,
                            exploration_policy=cfg.exploration_policy or None)
     sup = Supervisor(children(fleet), SupervisorConfig(log_dir=cfg.data_dir / "logs"))
     clock, points, attempts = Clock(), [], 0
@@ -413,7 +415,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "eval_timeout_s", "seed", "ros_domain_id", "eval_ros_domain_id", "port",
               "metrics_port", "learner_min_attempts", "learner_cycle_s", "learner_cycle_steps",
               "learner_method", "learner_samples_per_attempt", "learner_ema_decay",
-              "learner_q_view",
+              "learner_q_view", "learner_workers",
               "exploration_policy", "target_success", "num_objects"):
         flag = "--data" if f == "data_dir" else "--" + f.replace("_", "-")
         also = ("--method",) if f == "learner_method" else ()  # the name the issues use

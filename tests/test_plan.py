@@ -79,8 +79,8 @@ def test_missing_config_names_the_default(tmp_path: Path) -> None:
 
 def test_fleet_sim_passes_exploration_weight_average_and_camera(tmp_path: Path) -> None:
     """What `fleet sim` would start: robots explore as config/robot_node.yaml says unless
-    --exploration-policy is given; the learner gets --ema-decay, --q-view and the arms file's
-    camera."""
+    --exploration-policy is given; the learner gets --ema-decay, --q-view, --workers and the
+    arms file's camera."""
     from fleet.ops.sim_fleet import SimFleetConfig, children
 
     arms = tmp_path / "arms.yaml"
@@ -99,3 +99,6 @@ def test_fleet_sim_passes_exploration_weight_average_and_camera(tmp_path: Path) 
     assert learner[learner.index("--q-view") + 1] == "gripper"  # qtopt's default view
     image = argv("learner", learner_method="qtopt", learner_q_view="image")
     assert image[image.index("--q-view") + 1] == "image"
+    assert learner[learner.index("--workers") + 1] == "1"  # one Bellman updater by default
+    two = argv("learner", learner_method="qtopt", learner_workers=2)
+    assert two[two.index("--workers") + 1] == "2"

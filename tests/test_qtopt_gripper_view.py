@@ -18,12 +18,14 @@ def top_down_pose(x: float, y: float, z: float, yaw: float = 0.0) -> tuple[float
     return (x, y, z, 0.0, 0.0, float(np.sin(yaw / 2)), float(np.cos(yaw / 2)))
 
 
-@pytest.mark.parametrize("size,depth", [(64, False), (128, True)])
-def test_gripper_view_scores_where_a_step_leads(size, depth):
+@pytest.mark.parametrize("size,depth,patch", [(64, False, {}), (128, True, {}),
+                                              (128, True, {"patch_size": 32, "first_stride": 2})])
+def test_gripper_view_scores_where_a_step_leads(size, depth, patch):
     """The gripper view's Q is an afterstate value: a step from p by d scores the same as a
     step from p + e by d - e (same image, same height); the batched scoring the Bellman
-    updaters use equals scoring one state at a time; the bundle config rebuilds it."""
-    cfg = GripperQConfig(image_height=size, image_width=size, use_depth=depth)
+    updaters use equals scoring one state at a time; the bundle config rebuilds it (a 32 px
+    patch through a strided first conv too)."""
+    cfg = GripperQConfig(image_height=size, image_width=size, use_depth=depth, **patch)
     net = build_network(cfg.to_dict()).eval()
     assert type(net).__name__ == "GripperQNet" and net.config == cfg
     image = torch.rand(2, 3, size, size)
@@ -56,6 +58,8 @@ def test_gripper_view_scores_where_a_step_leads(size, depth):
             net.image_features(image)
     with pytest.raises(ValueError, match="unknown GripperQConfig fields"):
         build_network({**cfg.to_dict(), "wrist_camera": True})
+    with pytest.raises(ValueError, match="first_stride must be 1 or 2"):
+        GripperQConfig(first_stride=3)
 
 
 def test_a_mirrored_patch_is_the_patch_of_the_gripper_turned_half_a_turn():

@@ -49,12 +49,17 @@ def scoring_head(merge_channels: int, channels: tuple[int, ...], merge_size: int
     return nn.Sequential(*head), fc
 
 
-def patch_convs(cin: int, channels: tuple[int, ...], side: int) -> tuple[list[nn.Module], int, int]:
+def patch_convs(cin: int, channels: tuple[int, ...], side: int,
+                first_stride: int = 1) -> tuple[list[nn.Module], int, int]:
     """The patch networks' trunk (grasp-point, QT-Opt's gripper view): per entry of `channels`
     a same-padded 3 x 3 convolution, ReLU and 2 x 2 max pooling, as a flat list (the bundles'
-    weights are keyed `trunk.<i>`). Returns (layers, output channels, output side)."""
+    weights are keyed `trunk.<i>`). `first_stride` 2 makes the first convolution strided: a
+    patch of twice the side for about the cost of the smaller one, the first layer learning
+    how to downsample. Returns (layers, output channels, output side)."""
     layers: list[nn.Module] = []
-    for cout in channels:
-        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-        cin, side = cout, side // 2
+    for i, cout in enumerate(channels):
+        stride = first_stride if i == 0 else 1
+        layers += [nn.Conv2d(cin, cout, 3, stride, padding=1), nn.ReLU(inplace=True),
+                   nn.MaxPool2d(2)]
+        cin, side = cout, -(-side // stride) // 2
     return layers, cin, side

@@ -72,22 +72,28 @@ class PatchSampler(nn.Module):
                              persistent=False)
 
     def forward(self, grasps: torch.Tensor) -> torch.Tensor:
-        """(N, 3) grasps -> (N * P, S, S, 2) grids: for each grasp, one grid per plane."""
+        """(N, 3) grasps -> (N * P, S, S, 2) grids: for each grasp, one grid per plane.
+
+        A patch point's camera coordinates are affine in its offsets (a, b), so each grasp and
+        plane needs only its centre's coordinates and the two offset directions (in float64);
+        the S x S points are then two broadcast multiply-adds in float32. Why: done point by
+        point in float64 (a 3 x 3 product per point) this was most of a 32 px patch's cost in
+        the Bellman updaters' CEM; the grids agree to ~1e-6 of the image width."""
         g = grasps.to(torch.float64)
-        c, s = torch.cos(g[:, 2]), torch.sin(g[:, 2])
-        a = self.ticks[None, None, :]  # along tool x: patch columns
-        b = self.ticks[None, :, None]  # along tool y (closing): patch rows
+        c, s = torch.cos(g[:, 2:3]), torch.sin(g[:, 2:3])
+        ax, ay, az = self.axes[:, 0], self.axes[:, 1], self.axes[:, 2]  # base x, y, z in camera
         # tool x = (cos, sin), tool y = (-sin, cos) in base_link, for a top-down gripper
-        x = g[:, 0, None, None] + a * c[:, None, None] - b * s[:, None, None]
-        y = g[:, 1, None, None] + a * s[:, None, None] + b * c[:, None, None]
-        n, planes = x.shape[0], self.planes.shape[0]
-        x = x[:, None].expand(-1, planes, -1, -1)
-        y = y[:, None].expand(-1, planes, -1, -1)
-        z = self.planes[None, :, None, None].expand_as(x)
-        p = torch.stack([x, y, z], -1).reshape(n * planes, *x.shape[2:], 3) - self.eye
-        cam = p @ self.axes.T  # right, down, forward
-        depth = cam[..., 2:3].clamp_min(1e-6)
-        return (cam[..., :2] / depth * self.scale).to(torch.float32)
+        along_a = c * ax + s * ay  # (N, 3): camera coordinates per metre along tool x
+        along_b = c * ay - s * ax  # along tool y (closing)
+        centre = (g[:, 0:1] - self.eye[0]) * ax + (g[:, 1:2] - self.eye[1]) * ay
+        centre = centre[:, None] + (self.planes - self.eye[2])[None, :, None] * az  # (N, P, 3)
+        t = self.ticks.to(torch.float32)
+        offsets = (t[None, :, None, None] * along_b.to(torch.float32)[:, None, None]
+                   + t[None, None, :, None] * along_a.to(torch.float32)[:, None, None])
+        cam = centre.to(torch.float32)[:, :, None, None, :] + offsets[:, None]  # (N, P, S, S, 3)
+        n, planes, size = g.shape[0], self.planes.shape[0], t.shape[0]
+        uv = cam[..., :2] * (self.scale.to(torch.float32) / cam[..., 2:3].clamp_min(1e-6))
+        return uv.reshape(n * planes, size, size, 2)
 
 
 class DepthToHeight(nn.Module):

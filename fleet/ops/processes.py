@@ -45,6 +45,8 @@ class SimFleetConfig:
     learner_samples_per_attempt: float = 32.0  # fleet.learner --samples-per-attempt (0: no cap)
     learner_ema_decay: float = 0.0  # fleet.learner --ema-decay (0: publish the latest weights)
     learner_q_view: str = "gripper"  # fleet.learner --q-view (a Q-learning method's network)
+    # fleet.learner --workers: data worker processes (qtopt: each one a Bellman updater)
+    learner_workers: int = 1
     # robot_node exploration_policy (e.g. aimed_descent); None: config/robot_node.yaml's
     exploration_policy: Optional[str] = None
 
@@ -146,7 +148,7 @@ def central_children(cfg: SimFleetConfig, arms: list[ArmSpec]) -> list[ChildSpec
             "--method", cfg.learner_method,
             "--samples-per-attempt", str(cfg.learner_samples_per_attempt),
             "--ema-decay", str(cfg.learner_ema_decay), "--q-view", cfg.learner_q_view,
-            "--no-progress"]))
+            "--workers", str(cfg.learner_workers), "--no-progress"]))
     if cfg.dashboard_port:
         out.append(ChildSpec(name="monitor", env={"PYTHONUNBUFFERED": "1"}, argv=[
             python, "-m", "fleet.cli", "monitor", "--server", local,

@@ -71,6 +71,7 @@ def _cmd_sim(args) -> int:
                          learner_samples_per_attempt=args.learner_samples_per_attempt,
                          learner_ema_decay=args.learner_ema_decay,
                          learner_q_view=args.learner_q_view,
+                         learner_workers=args.learner_workers,
                          exploration_policy=args.exploration_policy,
                          metrics_port=args.metrics_port or None,
                          dashboard_port=args.dashboard_port or None)
@@ -156,6 +157,10 @@ def add_sim(sub) -> None:
     p.add_argument("--learner-q-view", default="gripper",
                    help="learner --q-view: what a Q-learning method's network sees, the patch "
                         "where a step leads (gripper, default) or the whole image (image)")
+    p.add_argument("--learner-workers", type=int, default=1,
+                   help="learner --workers: data worker processes; with qtopt each computes "
+                        "Bellman targets (the learner's dear part: 2 gives it more of the CPU "
+                        "the arms share)")
     p.add_argument("--dashboard-port", type=int, default=8080,
                    help="web dashboard port on 127.0.0.1 (0: no dashboard)")
     p.set_defaults(func=_cmd_sim)
