@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -373,7 +374,26 @@ def table(curve: dict) -> str:
     return "\n".join(rows)
 
 
+def source_commit() -> Optional[str]:
+    """The checkout's commit, "-dirty" appended with uncommitted changes to tracked files:
+    which code made a curve (the issue compares methods on the same commit); None without
+    git."""
+    repo = str(Path(__file__).resolve().parents[1])
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def run(cfg: RunConfig) -> dict:
+    commit = source_commit()
     if cfg.fresh and cfg.data_dir.exists():
         shutil.rmtree(cfg.data_dir)
     if (cfg.data_dir / "store").exists():
@@ -389,6 +409,7 @@ def run(cfg: RunConfig) -> dict:
     curve = {
         "format": 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "target": {"success": cfg.target_success, "attempts": cfg.target_attempts,
                    "hours": cfg.target_hours},

@@ -26,6 +26,7 @@ from fleet.learner.checkpoint import load_checkpoint
 from fleet.learner.dataset import labelled_attempt_counts
 from fleet.policy.geometry import TableCamera
 from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
+from fleet.methods.patches import PatchSampler
 from fleet.methods.grasp_point.learner import GraspPointCollate, closing_grasps
 from fleet.methods.grasp_point.policy import GraspPointPolicy
 from fleet.learner.config import LearnerConfig
@@ -107,6 +108,34 @@ def disc_store(tmp_path_factory) -> Path:
 
 
 # -- geometry and symmetry ---------------------------------------------------------------------
+
+def test_patch_grid_is_every_patch_point_projected_through_the_pinhole():
+    """PatchSampler's grids (affine in the patch offsets, broadcast in float32) against the
+    plain per-point pinhole projection in float64, at random poses and yaws on every plane:
+    the same to ~1e-6 of the image's half-width."""
+    from fleet.policy.geometry import camera_axes, focal_px
+
+    cfg = GraspPointConfig(image_height=128, image_width=128, patch_planes=(0.02, 0.06, 0.10))
+    rng = np.random.default_rng(3)
+    grasps = np.c_[rng.uniform(0.35, 0.75, 50), rng.uniform(-0.2, 0.2, 50),
+                   rng.uniform(-np.pi, np.pi, 50)]
+    grid = PatchSampler(cfg)(torch.tensor(grasps, dtype=torch.float32)).numpy()
+    eye = np.asarray(cfg.camera_eye)
+    forward, right, down = camera_axes(eye, np.asarray(cfg.camera_target))
+    f = focal_px(cfg.image_height, cfg.camera_fov_deg)
+    ticks = (np.arange(cfg.patch_size) + 0.5) / cfg.patch_size * cfg.patch_extent \
+        - cfg.patch_extent / 2
+    b, a = np.meshgrid(ticks, ticks, indexing="ij")  # rows along tool y, columns along tool x
+    want = []
+    for x, y, yaw in grasps.astype(np.float32).astype(np.float64):
+        c, s = math.cos(yaw), math.sin(yaw)
+        for z in cfg.patch_planes:
+            p = np.stack([x + a * c - b * s, y + a * s + b * c, np.full_like(a, z)], -1) - eye
+            cam = p @ np.stack([right, down, forward]).T
+            want.append(cam[..., :2] / cam[..., 2:] * [2 * f / cfg.image_width,
+                                                        2 * f / cfg.image_height])
+    np.testing.assert_allclose(grid, np.array(want), atol=2e-6, rtol=0)
+
 
 @pytest.mark.parametrize("planes", [(0.035,), (0.02, 0.10)])
 def test_patch_centre_lands_where_the_table_camera_looks(planes):

@@ -13,6 +13,7 @@ import torch
 from fleet.policy.bundle import save_bundle
 from fleet.methods.grasp_point.network import GraspPointConfig, GraspPointNet
 from fleet.methods.grasp_point.policy import GraspPointPolicy, GraspPointPolicyConfig
+from fleet.methods.qtopt.gripper_network import GripperQConfig, GripperQNet
 from fleet.policy.factory import policy_kind
 from test_learner import PYTHON, REPO
 
@@ -87,12 +88,16 @@ def test_explore_top_draws_among_the_best_samples():
     assert len(picks) == 8  # and not always the same
 
 
-def test_failure_diagnostic_measures_a_bundle_against_the_planner(tmp_path):
+@pytest.mark.parametrize("method", ["grasp_point", "qtopt"])
+def test_failure_diagnostic_measures_a_bundle_against_the_planner(tmp_path, method):
     """benchmarks/grasp_failures.py as a user runs it, on a tiny budget: the bundle's grasps
-    and the privileged planner's on the same test scenes, with the per-grasp geometry."""
+    and the privileged planner's on the same test scenes, with the per-grasp geometry; for a
+    QT-Opt bundle (closed loop) the grasp is where the gripper closed, and when it closed."""
     torch.manual_seed(0)
-    save_bundle(tmp_path / "v2", GraspPointNet(GraspPointConfig(image_height=64,
-                                                                image_width=64)), version=2)
+    net = GraspPointNet(GraspPointConfig(image_height=64, image_width=64)) \
+        if method == "grasp_point" else \
+        GripperQNet(GripperQConfig(image_height=64, image_width=64, use_depth=True))
+    save_bundle(tmp_path / "v2", net, version=2)
     out = tmp_path / "failures.json"
     done = subprocess.run(
         [PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--policy", str(tmp_path / "v2"),
@@ -104,6 +109,11 @@ def test_failure_diagnostic_measures_a_bundle_against_the_planner(tmp_path):
     assert summary["attempts"] == summary["planner_attempts"] == 2
     assert sum(b["attempts"] for b in summary["by_distance_to_object_centre"]) == 2
     assert 0.0 <= summary["on_an_object_share"] <= 1.0
+    closes = [k for k in summary if k.startswith("close_step_median")]
+    assert len(closes) == (2 if method == "qtopt" else 0)
+    assert ("closes: median step" in done.stdout) == (method == "qtopt")
+    if method == "grasp_point":
+        return
     bad = subprocess.run([PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--policy",
                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "pass a bundle directory" in bad.stderr

@@ -45,6 +45,8 @@ def test_quick_run_writes_curve_png_and_headline(tmp_path, method, target, objec
 
     curve = json.loads((data / "learning_curve.json").read_text())
     assert curve["config"]["learner_method"] == method
+    # which code made the curve (None only outside a git checkout)
+    assert curve["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", curve["commit"])
     assert curve["config"]["num_objects"] == objects
     assert (f" in trays of {objects} " in last) == (objects != 5 and m.group("rate") is not None)
     if objects != 5:  # the fleet ran on a plan with the run's trays, kept beside the curve
@@ -71,3 +73,45 @@ def test_quick_run_writes_curve_png_and_headline(tmp_path, method, target, objec
         assert float(m.group("rate")) == pytest.approx(best, abs=0.005)
     random_rate = curve["baselines"]["random"]["success"]
     assert m.group("random") == ("n/a" if random_rate is None else f"{random_rate:.2f}")
+
+
+def _curve(points: list[tuple[int, float, int]], objects: int = 5) -> dict:
+    """A learning_curve.json as learning_run writes it, with (attempts, success, n) points."""
+    from fleet.evaluation.counting import wilson_interval
+
+    return {"format": 1, "commit": "ab" * 20, "config": {"num_objects": objects},
+            "baselines": {"random": {"success": 0.1, "ci95": [0.05, 0.2], "n": 40},
+                          "scripted": {"success": 0.2, "ci95": [0.1, 0.3], "n": 40}},
+            "points": [{"attempts": a, "hours": a / 6000, "version": i + 1, "n": n,
+                        "success": r, "ci95": list(wilson_interval(round(r * n), n))}
+                       for i, (a, r, n) in enumerate(points)]}
+
+
+def test_compare_curves_draws_runs_on_one_chart_and_says_whether_they_separate(tmp_path):
+    """benchmarks/compare_curves.py as a user runs it: two runs and the planner's reference
+    on one PNG; the table says which last intervals overlap the first run's; a file that is
+    not a curve is refused with what to pass."""
+    a, b, c = (tmp_path / f"{x}.json" for x in "abc")
+    a.write_text(json.dumps(_curve([(1000, 0.50, 60), (5000, 0.90, 150)])))
+    b.write_text(json.dumps(_curve([(1000, 0.40, 60), (5000, 0.60, 150)])))
+    c.write_text(json.dumps(_curve([(1000, 0.45, 60), (5000, 0.85, 150)])))
+    planner = tmp_path / "failures.json"
+    planner.write_text(json.dumps({"planner_success": 0.88, "planner_attempts": 200}))
+    out = tmp_path / "c.png"
+    script = str(ROOT / "benchmarks" / "compare_curves.py")
+    done = subprocess.run([sys.executable, script, f"qtopt={a}", f"grasp_point={b}",
+                           f"other={c}", "--reference", f"planner={planner}", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert rows["grasp_point"].endswith("apart")  # 0.60 vs 0.90 at n = 150
+    assert rows["other"].endswith("intervals overlap")  # 0.85 vs 0.90
+    assert "0.90 (0.84-0.94) @  5000" in rows["qtopt"] and "ababababa" in rows["qtopt"]
+    assert "reference planner: 0.88 (0.83-0.92, n=200)" in done.stdout
+    assert out.read_bytes().startswith(b"\x89PNG")
+    bad = subprocess.run([sys.executable, script, f"x={planner}"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "is not a learning_curve.json" in bad.stderr
+    worse = subprocess.run([sys.executable, script, str(a)], capture_output=True, text=True,
+                           timeout=120)
+    assert worse.returncode == 2 and "give LABEL=PATH" in worse.stderr
