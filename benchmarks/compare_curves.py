@@ -5,8 +5,8 @@
         --reference planner=runs/gp_5obj/failures.json --out docs/curves_5obj.png
 
 Each LABEL=PATH is a `benchmarks/learning_run.py` output (learning_curve.json); each curve is
-drawn with its 95% Wilson intervals, its run's random and scripted baselines as dashed lines of
-the curve's colour. `--reference LABEL=PATH` adds a fixed reference measured elsewhere, such as
+drawn with its 95% Wilson intervals and its run's scripted baseline as a dashed line of the
+curve's colour (benchmarks/curve_report.py, the code that draws each run's own chart). `--reference LABEL=PATH` adds a fixed reference measured elsewhere, such as
 `benchmarks/grasp_failures.py --json`'s privileged planner (`planner_success` over
 `planner_attempts`), as a dotted line with its interval. The table printed gives each run's
 commit, tray, best and last point, and whether its last interval overlaps the first run's: the
@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curve_report import AXES, draw_baselines, draw_points, figure, finish, measured  # noqa: E402
 from fleet.evaluation.counting import wilson_interval  # noqa: E402
 
 COLOURS = ("tab:blue", "tab:purple", "tab:brown", "tab:cyan", "tab:olive", "tab:pink")
@@ -59,10 +60,6 @@ def load_reference(path: Path) -> tuple[float, list[float], int]:
     return k / n, list(wilson_interval(k, n)), n
 
 
-def measured(curve: dict) -> list[dict]:
-    return [p for p in curve["points"] if p["success"] is not None]
-
-
 def overlaps(a: list[float], b: list[float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
@@ -91,42 +88,20 @@ def summary(curves: dict[str, dict]) -> str:
 
 
 def plot(curves: dict[str, dict], references: dict[str, tuple], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), dpi=100, sharey=True)
-    for ax, xkey, xlabel in ((axes[0], "attempts", "attempts collected by the fleet"),
-                             (axes[1], "hours", "collection time, h (eval pauses excluded)")):
+    plt, fig, axes = figure()
+    for ax, (xkey, _) in zip(axes, AXES):
         for (label, curve), colour in zip(curves.items(), COLOURS):
+            draw_baselines(ax, curve, {"scripted": colour}, prefix=f"{label}: ", shade=False)
             pts = measured(curve)
-            for name, style in (("random", (0, (1, 3))), ("scripted", "--")):
-                b = curve["baselines"].get(name)
-                if b and b["success"] is not None:
-                    ax.axhline(b["success"], color=colour, linestyle=style, linewidth=0.8,
-                               alpha=0.6, label=f"{label}: {name} {b['success']:.2f}")
-            if pts:
-                xs, ys = [p[xkey] for p in pts], [p["success"] for p in pts]
-                err = [[p["success"] - p["ci95"][0] for p in pts],
-                       [p["ci95"][1] - p["success"] for p in pts]]
-                ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=colour,
-                            label=f"{label} (95% CI, n={pts[-1]['n']})")
+            draw_points(ax, pts, xkey, colour,
+                        f"{label} (95% CI, n={pts[-1]['n']})" if pts else label)
         for (label, (rate, ci, n)), colour in zip(references.items(),
                                                   ("tab:green", "tab:gray", "black")):
             ax.axhline(rate, color=colour, linestyle=":", label=f"{label} {rate:.2f} (n={n})")
             ax.axhspan(*ci, color=colour, alpha=0.08)
-        ax.set_xlabel(xlabel)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("grasp success, unseen (test) objects")
-    axes[0].legend(fontsize=7, loc="upper left")
     trays = sorted({c["config"].get("num_objects", 5) for c in curves.values()})
-    fig.suptitle(f"learning runs, {' / '.join(map(str, trays))} objects per tray: "
-                 + ", ".join(curves))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    finish(plt, fig, axes, f"learning runs, {' / '.join(map(str, trays))} objects per tray: "
+                           + ", ".join(curves), path)
 
 
 def main(argv: list[str] | None = None) -> int:

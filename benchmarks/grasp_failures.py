@@ -43,6 +43,7 @@ from fleet.methods.qtopt.policy import QTOptPolicy  # noqa: E402
 from robot_node.grasp_loop import GraspLoop  # noqa: E402
 from robot_node.params import NodeConfig  # noqa: E402
 from sim_bridge.core import SimArm, SimConfig  # noqa: E402
+from sim_bridge.messages import top_down_quaternion  # noqa: E402
 from sim_bridge.scripted import plan_grasp  # noqa: E402
 
 #: The bundle architectures this diagnostic reads.
@@ -81,14 +82,8 @@ def distances(sim: SimArm, xy: np.ndarray) -> dict[str, float]:
 
 
 def yawed(pose: np.ndarray, x: float, y: float, yaw: float) -> np.ndarray:
-    """The pose moved to (x, y) and turned about base z to `yaw`, its height kept."""
-    d = half_turn(yaw - yaw_of_pose(pose))
-    rz = np.array([0.0, 0.0, math.sin(d / 2), math.cos(d / 2)])
-    qx, qy, qz, qw = pose[3:7]
-    ax, ay, az, aw = rz  # Hamilton product rz * q (xyzw): a turn about the base's z axis
-    q = [aw * qx + ax * qw + ay * qz - az * qy, aw * qy - ax * qz + ay * qw + az * qx,
-         aw * qz + ax * qy - ay * qx + az * qw, aw * qw - ax * qx - ay * qy - az * qz]
-    return np.array([x, y, pose[2], *q])
+    """The top-down pose at (x, y) turned to `yaw`, its height kept."""
+    return np.array([x, y, pose[2], *top_down_quaternion(yaw)])
 
 
 class ProbedQTOpt(QTOptPolicy):

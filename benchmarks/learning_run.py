@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -35,6 +34,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curve_report import headline, plot, source_commit, table  # noqa: E402
 from fleet.policy.folder import read_pointer  # noqa: E402
 from fleet.evaluation.evaluate import EvalConfig, evaluate  # noqa: E402
 from fleet.ops.plan import CONFIG_DIR  # noqa: E402
@@ -42,7 +42,6 @@ from fleet.ops.sim_fleet import SimFleetConfig, children  # noqa: E402
 from fleet.ops.supervisor import Supervisor, SupervisorConfig  # noqa: E402
 
 log = logging.getLogger("learning_run")
-NAME = "learning_run"
 ARMS_YAML = CONFIG_DIR / "arms.yaml"
 
 
@@ -292,104 +291,6 @@ def publications(learner_dir: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- output
-
-
-def plot(curve: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [p for p in curve["points"] if p["success"] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, sharey=True)
-    for ax, xkey, xlabel in ((axes[0], "attempts", "attempts collected by the fleet"),
-                             (axes[1], "hours", "collection time, h (eval pauses excluded)")):
-        for name, colour in (("random", "tab:red"), ("scripted", "tab:orange")):
-            b = curve["baselines"].get(name)
-            if b and b["success"] is not None:
-                ax.axhline(b["success"], color=colour, linestyle="--",
-                           label=f"{name} {b['success']:.2f} (n={b['n']})")
-                ax.axhspan(*b["ci95"], color=colour, alpha=0.1)
-        ax.axhline(curve["target"]["success"], color="tab:green", linestyle=":",
-                   label=f"target {curve['target']['success']}")
-        if pts:
-            xs = [p[xkey] for p in pts]
-            ys = [p["success"] for p in pts]
-            err = [[p["success"] - p["ci95"][0] for p in pts],
-                   [p["ci95"][1] - p["success"] for p in pts]]
-            ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color="tab:blue",
-                        label="learned policy (95% CI)")
-            for p, x, y in zip(pts, xs, ys):
-                ax.annotate(f"v{p['version']}", (x, y), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("grasp success, unseen (test) objects")
-    axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"learning run ({curve['config'].get('learner_method')}, "
-                 f"{curve['config'].get('num_objects', 5)} objects per tray): "
-                 f"{curve['config']['arms']} arm(s), "
-                 f"{curve['config']['eval_attempts']} eval attempts per policy")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def headline(curve: dict) -> str:
-    pts = [p for p in curve["points"] if p["success"] is not None]
-    b, t = curve["baselines"], curve["target"]
-
-    def rate(name: str) -> str:
-        r = b.get(name, {}).get("success")
-        return "n/a" if r is None else f"{r:.2f}"
-
-    tail = (f"(random {rate('random')}, scripted {rate('scripted')}; target {t['success']} in "
-            f"{t['attempts']} attempts / {t['hours']:g} h)")
-    if not pts:
-        last = curve["points"][-1] if curve["points"] else {"attempts": 0, "hours": 0.0}
-        return (f"{NAME}: no policy published after {last['attempts']} attempts, "
-                f"{last['hours']:.2f} h: nothing to evaluate {tail}")
-    # the best rate, where it was first measured; with nothing above zero, the run's end
-    best = max(pts, key=lambda p: (p["success"], -p["attempts"]))
-    best = best if best["success"] > 0 else pts[-1]
-    n = int(curve["config"].get("num_objects", 5))
-    where = "" if n == 5 else f" in trays of {n}"
-    return (f"{NAME}: {best['success']:.2f} success on unseen objects{where} after "
-            f"{best['attempts']} "
-            f"attempts, {best['hours']:.2f} h {tail}")
-
-
-def table(curve: dict) -> str:
-    rows = ["attempts  hours  wall_h  policy  trained_on  success  95% CI         n  eval_s"]
-    for p in curve["points"]:
-        s = "   -   " if p["success"] is None else f"{p['success']:7.2f}"
-        rows.append(f"{p['attempts']:8d}  {p['hours']:5.2f}  {p['wall_hours']:6.2f}  "
-                    f"v{p['version']:<5d}  {p['trained_on_attempts'] or 0:10d}  {s}  "
-                    f"{p['ci95'][0]:.2f}-{p['ci95'][1]:.2f}  {p['n']:6d}  {p['eval_wall_s']:6.1f}"
-                    + ("  (same version)" if p["reused"] else ""))
-    for name, r in curve["baselines"].items():
-        s = "n/a" if r["success"] is None else f"{r['success']:.2f}"
-        rows.append(f"baseline {name}: {s} ({r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}, n={r['n']})")
-    return "\n".join(rows)
-
-
-def source_commit() -> Optional[str]:
-    """The checkout's commit, "-dirty" appended with uncommitted changes to tracked files:
-    which code made a curve (the issue compares methods on the same commit); None without
-    git."""
-    repo = str(Path(__file__).resolve().parents[1])
-    try:
-        head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=30)
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def run(cfg: RunConfig) -> dict:
