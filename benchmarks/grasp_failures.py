@@ -125,13 +125,15 @@ class PlannerPolicy(RandomDescentPolicy):
         return target
 
 
-def run_chunk(job: tuple[str, str, int, int, int]) -> list[dict[str, Any]]:
+def run_chunk(job: tuple[str, str, int, int, int, int]) -> list[dict[str, Any]]:
     """One worker: n attempts of one policy ('bundle' or 'planner') from one scene seed, with
-    `objects` per tray (5, or 15 for the clutter benchmark)."""
-    which, bundle, seed, n, objects = job
+    `objects` per tray (5, or 15 for the clutter benchmark), at the camera side `size` (the
+    bundle's own when there is one)."""
+    which, bundle, seed, n, objects, size = job
     torch.set_num_threads(1)
-    model, meta = load_bundle(bundle)
-    size = meta.input_spec["image_height"]
+    model, meta = load_bundle(bundle) if bundle else (None, None)
+    if meta is not None:
+        size = meta.input_spec["image_height"]
     node = NodeConfig(arm_id="probe", seed=seed, image_width=size, image_height=size)
     notes: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -139,9 +141,11 @@ def run_chunk(job: tuple[str, str, int, int, int]) -> list[dict[str, Any]]:
                           num_objects=objects)) as sim:
         attempts: list = []
         loop = GraspLoop(node, InProcessArm(sim), attempts.append)
-        probe = ProbedQTOpt if meta.architecture == QTOPT_ARCHITECTURE else ProbedPolicy
-        policy = probe(model, meta.version, sim, notes) if which == "bundle" \
-            else PlannerPolicy(sim)
+        if which == "bundle":
+            probe = ProbedQTOpt if meta.architecture == QTOPT_ARCHITECTURE else ProbedPolicy
+            policy = probe(model, meta.version, sim, notes)
+        else:
+            policy = PlannerPolicy(sim)
         rng = np.random.default_rng(seed)
         for _ in range(n):
             before = len(notes)
@@ -192,10 +196,39 @@ def closing(rows: list[dict[str, Any]], ok: np.ndarray) -> dict[str, Any]:
             for which, m in (("success", ok), ("failure", ~ok))}
 
 
+def scene_chunks(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(scene seed, attempts) per worker job: one seed per chunk, so a policy and the planner
+    see the same scenes."""
+    return [(args.seed + k, min(args.chunk, args.attempts - k * args.chunk))
+            for k in range(math.ceil(args.attempts / args.chunk))]
+
+
+def planner_only(args: argparse.Namespace) -> int:
+    """The privileged planner alone on the scenes a --policy run would use (same seeds)."""
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        jobs = [("planner", "", s, n, args.num_objects, args.image_size)
+                for s, n in scene_chunks(args)]
+        rows = [r for part in pool.map(run_chunk, jobs, chunksize=1) for r in part]
+    ok = np.array([r["success"] for r in rows])
+    lo, hi = wilson_interval(int(ok.sum()), len(ok))
+    summary = {"policy": None, "seed": args.seed, "num_objects": args.num_objects,
+               "image_size": args.image_size, "wall_s": round(time.time() - t0, 1),
+               "planner_success": float(ok.mean()), "planner_attempts": len(rows),
+               "planner_ci95": [lo, hi]}
+    print(f"privileged planner: success {ok.mean():.2f} ({lo:.2f}-{hi:.2f}, n={len(rows)}), "
+          f"{args.num_objects} objects per tray, scene seeds {args.seed}-"
+          f"{args.seed + len(jobs) - 1}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--policy", type=Path, required=True,
-                   help="a grasp-point or QT-Opt bundle directory")
+    p.add_argument("--policy", type=Path, default=None,
+                   help="a grasp-point or QT-Opt bundle directory; without it only the "
+                        "privileged planner runs (its success on these scenes)")
     p.add_argument("--attempts", type=int, default=100, help="per policy (default 100)")
     p.add_argument("--seed", type=int, default=500, help="first scene seed (one per chunk)")
     p.add_argument("--chunk", type=int, default=25, help="attempts per worker job")
@@ -203,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
     p.add_argument("--num-objects", type=int, default=5,
                    help="objects per tray (default 5; 15: the clutter benchmark)")
+    p.add_argument("--image-size", type=int, default=128,
+                   help="camera side for the planner alone (with --policy: the bundle's)")
     args = p.parse_args(argv)
+    if args.policy is None:
+        return planner_only(args)
     try:
         _, meta = load_bundle(args.policy)
     except (BundleError, OSError) as exc:
@@ -212,12 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     if meta.architecture not in ARCHITECTURES:
         p.error(f"--policy {args.policy} is a {meta.architecture!r} bundle; this diagnostic "
                 f"reads grasp-point and QT-Opt bundles ({', '.join(ARCHITECTURES)})")
-    chunks = [(args.seed + k, min(args.chunk, args.attempts - k * args.chunk))
-              for k in range(math.ceil(args.attempts / args.chunk))]
+    chunks = scene_chunks(args)
     t0 = time.time()
     with mp.get_context("spawn").Pool(args.workers) as pool:
-        jobs = [(w, str(args.policy), s, n, args.num_objects) for w in ("bundle", "planner")
-                for s, n in chunks]
+        jobs = [(w, str(args.policy), s, n, args.num_objects, args.image_size)
+                for w in ("bundle", "planner") for s, n in chunks]
         parts = pool.map(run_chunk, jobs, chunksize=1)
     half = len(chunks)
     rows = [r for part in parts[:half] for r in part]

@@ -27,7 +27,8 @@ from fleet.policy.exploration import MixedPolicy  # noqa: E402
 from fleet.methods.levine.learner import LevineCollate, LevineLearner  # noqa: E402
 from fleet.learner.config import TrainingOptions
 from fleet.methods.levine.network import GraspSuccessNet, NetworkConfig  # noqa: E402
-from fleet.methods.levine.policy import GraspPolicy, GraspPolicyConfig  # noqa: E402
+from fleet.methods.levine.policy import (  # noqa: E402
+    LEVINE_CEM_ITERATIONS, GraspPolicy, GraspPolicyConfig)
 from fleet.policy.base import Policy, StepLimits
 from robot_node.grasp_loop import ArmState, GraspLoop  # noqa: E402
 from robot_node.params import NodeConfig  # noqa: E402
@@ -117,7 +118,7 @@ def build_policy(spec: PolicySpec, node: NodeConfig) -> Policy:
     model = GraspSuccessNet(NetworkConfig.from_dict(spec.network))
     model.load_state_dict(torch.load(io.BytesIO(spec.weights), weights_only=True))
     cem = CEMConfig(samples=node.cem_samples, elites=node.cem_elites,
-                    iterations=node.cem_iterations)
+                    iterations=node.cem_iterations or LEVINE_CEM_ITERATIONS)
     config = replace(GraspPolicyConfig(cem=cem), **dict(spec.policy))
     learned = GraspPolicy.from_model(model, config, version=1)
     return MixedPolicy(learned, explore, spec.share) if spec.share > 0 else learned

@@ -7,7 +7,7 @@ the head for each batch of motions. The reference, measured in the same run, is 
 done naively: the whole network (image trunk included) run on 64 copies of the image for every
 CEM iteration. The paper (Levine et al. 2016) reports 2 to 5 Hz for its much larger network.
 
-The QT-Opt rows are one QTOptPolicy.decide at the robot's CEM settings (64 x 3 over one step's
+The QT-Opt rows are one QTOptPolicy.decide at the robot's CEM settings (64 x 2 over one step's
 motion, plus the close action scored on its own) on the fleet's camera (128 x 128 RGB-D, as
 config/arms.yaml) with the gripper view (the default), at 64 x 64 RGB, and with the whole-image
 network at 128 x 128 RGB-D; issue 16 asks for >= 10 Hz on one core.
@@ -75,11 +75,11 @@ def _observation(size: int, rng: np.random.Generator, depth: bool = False) -> Ob
 
 def qtopt_rate(size: int, depth: bool, rng: np.random.Generator, decisions: int,
                runs: int, view: str = "gripper") -> float:
-    """Decisions/s of the QT-Opt policy (the robot's CEM 64 x 3) on an untrained network, with
+    """Decisions/s of the QT-Opt policy (the robot's CEM 64 x 2) on an untrained network, with
     the gripper view (the default) or the whole image."""
     config = GripperQConfig if view == "gripper" else QNetConfig
     model = q_network(config(image_height=size, image_width=size, use_depth=depth))
-    policy = make_policy(model, 1, ServoSettings())  # as robot_node builds it: CEM 64 x 3
+    policy = make_policy(model, 1, ServoSettings())  # as robot_node builds it: CEM 64 x 2
     return decisions_per_second(policy, _observation(size, rng, depth), decisions, runs)
 
 

@@ -105,7 +105,8 @@ class NodeConfig:
                                            "step, m (random and random_descent).")
     cem_samples: int = _p(64, "CEM samples per iteration.")
     cem_elites: int = _p(6, "CEM elites refit per iteration.")
-    cem_iterations: int = _p(3, "CEM iterations per step.")
+    cem_iterations: int = _p(0, "CEM iterations per step; 0: the method's own (Levine 3, "
+                                "QT-Opt 2, as in each paper).")
     grasp_explore_top: float = _p(0.0, "Grasp-point policies: share of learned attempts whose "
                                        "grasp is drawn among the 16 best-scored candidates "
                                        "(in proportion to their scores) instead of the best.")

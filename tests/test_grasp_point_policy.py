@@ -54,7 +54,6 @@ class _Landscape:
 
 
 def test_cem_finds_a_peak_and_the_robust_choice_prefers_the_broad_one():
-    from fleet.methods.grasp_point.policy import GraspPointPolicyConfig
 
     policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(robust_samples=8))
     policy.scorer = _Landscape()
@@ -75,7 +74,6 @@ def test_cem_finds_a_peak_and_the_robust_choice_prefers_the_broad_one():
 
 
 def test_explore_top_draws_among_the_best_samples():
-    from fleet.methods.grasp_point.policy import GraspPointPolicyConfig
 
     policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(explore_top=1.0))
     policy.scorer = _Landscape()
@@ -117,6 +115,19 @@ def test_failure_diagnostic_measures_a_bundle_against_the_planner(tmp_path, meth
     bad = subprocess.run([PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--policy",
                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "pass a bundle directory" in bad.stderr
+    # Without --policy only the planner runs, on the scene seeds a bundle run uses.
+    alone = tmp_path / "planner.json"
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / "grasp_failures.py"), "--image-size", "64",
+         "--attempts", "2", "--chunk", "1", "--workers", "1", "--json", str(alone)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("privileged planner: success")
+    planner = json.loads(alone.read_text())
+    assert planner["planner_attempts"] == 2 and planner["policy"] is None
+    assert planner["image_size"] == 64 and planner["num_objects"] == 5
+    lo, hi = planner["planner_ci95"]
+    assert lo <= planner["planner_success"] <= hi
 
 
 @pytest.mark.slow

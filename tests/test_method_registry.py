@@ -51,6 +51,16 @@ def test_builtin_methods_agree_with_their_networks_and_policies():
         assert policy.kind == method.policy_kind and policy.version == 3
 
 
+def test_cem_iterations_zero_leaves_the_count_to_each_method():
+    """robot_node's cem_iterations 0 (the default) is each paper's own count: Levine 3,
+    QT-Opt 2; a robot's explicit count wins for both."""
+    for name, own in (("levine", 3), ("qtopt", 2)):
+        net = get_method(name).build_network({})
+        assert policy_for(net, 1, ServoSettings()).config.cem.iterations == own, name
+        assert policy_for(net, 1, ServoSettings(cem_iterations=4)).config.cem.iterations == 4
+    assert NodeConfig(arm_id="a").cem_iterations == 0
+
+
 def test_unknown_names_and_clashes_say_what_exists():
     with pytest.raises(ValueError,
                        match=r"unknown learning method 'no_such_method'.*grasp_point.*levine"):

@@ -21,7 +21,8 @@ class ServoSettings:
 
     cem_samples: int = 64
     cem_elites: int = 6
-    cem_iterations: int = 3
+    #: 0: the method's own default (the Levine policy 3, QT-Opt 2, as in each paper)
+    cem_iterations: int = 0
     #: grasp-point policy: share of attempts whose grasp is drawn among the best few
     explore_top: float = 0.0
 

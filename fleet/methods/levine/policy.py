@@ -160,8 +160,14 @@ class GraspPolicy(Policy):
         return Decision(step, close=False, raise_=raise_, p_best=p_best, p_noop=p_noop)
 
 
+#: The Levine policy's CEM iterations per step when the robot leaves it to the method (the
+#: paper's 3: its Q is a grasp-success probability over the whole remaining motion, so a
+#: sharper maximum per decision pays).
+LEVINE_CEM_ITERATIONS = 3
+
+
 def make_policy(model: GraspSuccessNet, version: int, settings) -> GraspPolicy:
     """The registry's factory: CEM servoing with the robot's CEM settings (ServoSettings)."""
     cem = CEMConfig(samples=settings.cem_samples, elites=settings.cem_elites,
-                    iterations=settings.cem_iterations)
+                    iterations=settings.cem_iterations or LEVINE_CEM_ITERATIONS)
     return GraspPolicy.from_model(model, GraspPolicyConfig(cem=cem), version)
