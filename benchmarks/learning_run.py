@@ -72,6 +72,7 @@ class RunConfig:
     learner_ema_decay: float = 0.0  # learner --ema-decay (run 7: 0.995)
     learner_q_view: str = "gripper"  # learner --q-view for qtopt (qtopt runs 1-2: image)
     learner_workers: int = 1  # learner --workers (qtopt: Bellman updater processes)
+    learner_step_cost: Optional[float] = None  # learner --step-cost (qtopt); None: its default
     exploration_policy: str = ""  # robot_node exploration_policy; "": config/robot_node.yaml's
     # objects per tray, for the fleet and for evaluation: 5 (config/arms.yaml's) or 15, the
     # clutter benchmark (success = any object lifted, as the sim labels every attempt)
@@ -222,6 +223,7 @@ def collect(cfg: RunConfig) -> tuple[list[Point], Clock, dict[str, int]]:
                            learner_ema_decay=cfg.learner_ema_decay,
                            learner_q_view=cfg.learner_q_view,
                            learner_workers=cfg.learner_workers,
+                           learner_step_cost=cfg.learner_step_cost,
                            exploration_policy=cfg.exploration_policy or None)
     sup = Supervisor(children(fleet), SupervisorConfig(log_dir=cfg.data_dir / "logs"))
     clock, points, attempts = Clock(), [], 0
@@ -343,6 +345,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         also = ("--method",) if f == "learner_method" else ()  # the name the issues use
         p.add_argument(flag, *also, dest=f, type=type(getattr(d, f)), default=None,
                        help=f"default {getattr(d, f)}")
+    p.add_argument("--learner-step-cost", dest="learner_step_cost", type=float, default=None,
+                   help="learner --step-cost for qtopt (default: the learner's, 0.05)")
     p.add_argument("--fresh", action="store_true", help="delete the data dir first")
     args = p.parse_args(argv)
     over = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "fresh")}

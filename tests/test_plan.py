@@ -102,3 +102,6 @@ def test_fleet_sim_passes_exploration_weight_average_and_camera(tmp_path: Path) 
     assert learner[learner.index("--workers") + 1] == "1"  # one Bellman updater by default
     two = argv("learner", learner_method="qtopt", learner_workers=2)
     assert two[two.index("--workers") + 1] == "2"
+    assert "--step-cost" not in two  # the learner's own default unless asked
+    cheap = argv("learner", learner_method="qtopt", learner_step_cost=0.01)
+    assert cheap[cheap.index("--step-cost") + 1] == "0.01"

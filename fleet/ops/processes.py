@@ -47,6 +47,9 @@ class SimFleetConfig:
     learner_q_view: str = "gripper"  # fleet.learner --q-view (a Q-learning method's network)
     # fleet.learner --workers: data worker processes (qtopt: each one a Bellman updater)
     learner_workers: int = 1
+    # fleet.learner --step-cost (a Q-learning method's reward per step before the close);
+    # None: the learner's own default
+    learner_step_cost: Optional[float] = None
     # robot_node exploration_policy (e.g. aimed_descent); None: config/robot_node.yaml's
     exploration_policy: Optional[str] = None
 
@@ -148,7 +151,9 @@ def central_children(cfg: SimFleetConfig, arms: list[ArmSpec]) -> list[ChildSpec
             "--method", cfg.learner_method,
             "--samples-per-attempt", str(cfg.learner_samples_per_attempt),
             "--ema-decay", str(cfg.learner_ema_decay), "--q-view", cfg.learner_q_view,
-            "--workers", str(cfg.learner_workers), "--no-progress"]))
+            "--workers", str(cfg.learner_workers), "--no-progress",
+            *(() if cfg.learner_step_cost is None
+              else ("--step-cost", str(cfg.learner_step_cost)))]))
     if cfg.dashboard_port:
         out.append(ChildSpec(name="monitor", env={"PYTHONUNBUFFERED": "1"}, argv=[
             python, "-m", "fleet.cli", "monitor", "--server", local,

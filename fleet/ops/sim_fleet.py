@@ -72,6 +72,7 @@ def _cmd_sim(args) -> int:
                          learner_ema_decay=args.learner_ema_decay,
                          learner_q_view=args.learner_q_view,
                          learner_workers=args.learner_workers,
+                         learner_step_cost=args.learner_step_cost,
                          exploration_policy=args.exploration_policy,
                          metrics_port=args.metrics_port or None,
                          dashboard_port=args.dashboard_port or None)
@@ -161,6 +162,9 @@ def add_sim(sub) -> None:
                    help="learner --workers: data worker processes; with qtopt each computes "
                         "Bellman targets (the learner's dear part: 2 gives it more of the CPU "
                         "the arms share)")
+    p.add_argument("--learner-step-cost", type=float, default=None,
+                   help="learner --step-cost: a Q-learning method's reward of -cost per step "
+                        "before the close (default: the learner's, 0.05)")
     p.add_argument("--dashboard-port", type=int, default=8080,
                    help="web dashboard port on 127.0.0.1 (0: no dashboard)")
     p.set_defaults(func=_cmd_sim)
