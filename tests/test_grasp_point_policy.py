@@ -54,7 +54,6 @@ class _Landscape:
 
 
 def test_cem_finds_a_peak_and_the_robust_choice_prefers_the_broad_one():
-
     policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(robust_samples=8))
     policy.scorer = _Landscape()
     image = np.zeros((64, 64, 3), np.uint8)
@@ -74,7 +73,6 @@ def test_cem_finds_a_peak_and_the_robust_choice_prefers_the_broad_one():
 
 
 def test_explore_top_draws_among_the_best_samples():
-
     policy = GraspPointPolicy(GraspPointNet(CFG), GraspPointPolicyConfig(explore_top=1.0))
     policy.scorer = _Landscape()
     picks = set()
