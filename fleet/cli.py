@@ -127,18 +127,62 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     else:
         latest = R.read_json(args.policies / R.POINTER_FILE)
         pinned = R.read_json(args.policies / R.PIN_FILE)
-        print(f"{'version':>7}  {'created_at':<26} {'trained_on':>10}  state")
+        records, behind = (_fleet_records(args.store) if args.store is not None
+                           else (None, set()))
+        print(f"{'version':>7}  {'created_at':<26} {'trained_on':>10}  "
+              f"{_FLEET_HEADER if records is not None else ''}state")
         for row in R.list_versions(args.policies):
             tags = [t for t, on in (("latest", latest and latest["version"] == row["version"]),
                                     ("PINNED", pinned and pinned["version"] == row["version"]))
                     if on]
             state = "ok" if row["ok"] else f"CORRUPT: {row['problem']}"
+            fleet = ""
+            if records is not None:
+                fleet = _fleet_columns(records.get(row["version"]))
+                tags += ["BELOW-EXPLORATION"] if row["version"] in behind else []
             print(f"{row['version']:>7}  {row['created_at']:<26} "
-                  f"{row['trained_on_attempts']:>10}  {state} {' '.join(tags)}")
+                  f"{row['trained_on_attempts']:>10}  {fleet}{state} {' '.join(tags)}")
+        if records is not None and 0 in records:
+            r = records[0]
+            print(f"before any policy: {r.exploration_attempts} exploration attempts, "
+                  f"success {r.exploration_rate:.2f}")
         served = pinned or latest
         print(f"served: v{served['version']} ({'pinned' if pinned else 'newest'})" if served
               else "served: nothing (no latest.json, no pin)")
     return 0
+
+
+#: `fleet policy list --store` columns: each version's learned attempts on the robots, their
+#: success, exploration's success while it served, median steps and close height.
+_FLEET_HEADER = f"{'fleet':>6} {'success':>7} {'explore':>7} {'steps':>5} {'close_z':>7}  "
+
+
+def _fleet_records(store: Path) -> tuple[dict, set]:
+    """(VersionRecord by version, the versions the learner's publish rule counts as losing
+    to exploration: fleet.learner.publish_rule.losing_to_exploration, its default evidence)."""
+    from fleet.learner.publish_rule import (PublishSettings, losing_to_exploration,
+                                            version_records)
+    from fleet.store.reader import StoreReader
+
+    if not (store / "attempts").is_dir():
+        raise SystemExit(f"fleet policy list: {store} holds no store (no attempts/ directory): "
+                         f"pass the server's --data directory")
+    reader = StoreReader(store)
+    try:
+        records = version_records(reader)
+        after = PublishSettings().replace_losing_after
+        return records, {v for v in records if losing_to_exploration(reader, v, after)}
+    finally:
+        reader.close()
+
+
+def _fleet_columns(r) -> str:
+    """One version's fleet columns (zeros and dashes when it never ran)."""
+    if r is None or r.learned_attempts == 0:
+        return f"{0:>6} {'-':>7} {'-':>7} {'-':>5} {'-':>7}  "
+    explore = f"{r.exploration_rate:.2f}" if r.exploration_attempts else "-"
+    return (f"{r.learned_attempts:>6} {r.learned_rate:>7.2f} {explore:>7} "
+            f"{r.median_steps:>5.0f} {r.median_close_z:>7.3f}  ")
 
 
 def add_policy(sub: argparse._SubParsersAction) -> None:
@@ -150,6 +194,11 @@ def add_policy(sub: argparse._SubParsersAction) -> None:
         c = psub.add_parser(name, help=text)
         c.add_argument("--policies", type=Path, required=True,
                        help="the policies directory the server watches (<learner out>/policies)")
+        if name == "list":
+            c.add_argument("--store", type=Path, default=None,
+                           help="the server's --data directory: add how each version did on "
+                                "the robots (attempts, success, exploration's success while "
+                                "it served, median steps, median close height in m)")
         if name == "pin":
             c.add_argument("--version", type=int, required=True, help="policy version N (v<N>)")
             c.add_argument("--reason", default="", help="why (kept in pin.json)")

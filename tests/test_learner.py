@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.policy.bundle import load_bundle
+from fleet.cli import main as cli_main
+from fleet.policy.bundle import load_bundle, save_bundle
 from fleet.learner.checkpoint import load_checkpoint
 from fleet.policy.folder import read_pointer
 from fleet.learner.dataset import (StoreBatches, ValidationSet, grasp_motions, is_validation,
@@ -30,9 +31,10 @@ from fleet.learner.dataset import (StoreBatches, ValidationSet, grasp_motions, i
 from fleet.policy.geometry import quaternion_yaw
 from fleet.learner.config import LearnerConfig
 from fleet.methods.levine.learner import LevineCollate
+from fleet.methods.levine.network import GraspSuccessNet
 from fleet.learner.loop import run
 from fleet.learner.api import binary_auc
-from fleet.learner.publish_rule import fleet_record, losing_to_exploration
+from fleet.learner.publish_rule import fleet_record, losing_to_exploration, version_records
 from fleet.wire.records import Attempt, Step, encode
 from fleet.store.writer import Store, StoreConfig
 from fleet.store.reader import StoreReader
@@ -113,22 +115,29 @@ def test_targets_split_and_auc():
     assert np.isnan(binary_auc(np.array([1.0, 2.0]), np.array([1, 1])))
 
 
-def test_a_version_grasping_less_than_exploration_is_flagged(tmp_path):
-    """The publish rule's fleet evidence, counted from a real store's index."""
+def fleet_evidence_store(root: Path) -> StoreReader:
+    """v1 grasps 3/60 and closes high after 2 steps, v2 30/60 low after 6; exploration 15/60
+    under v1 (8/30) and before it (7/30); one aborted v1 attempt."""
     rng = np.random.default_rng(5)
     attempts = []
     for kind, version, n, wins in (("cem", 1, 60, 3), ("scripted", 1, 30, 8),
                                    ("scripted", 0, 30, 7), ("cem", 2, 60, 30)):
         for i in range(n):
-            a = synthetic_attempt(rng)
+            a = synthetic_attempt(rng, n_steps=2 if version == 1 and kind == "cem" else 6)
             a.policy_kind, a.policy_version = kind, version
             a.outcome = "success" if i < wins else "failure"
+            a.final_pose = (0.0, 0.0, 0.28 if version == 1 else 0.02, 0.0, 0.0, 0.0, 1.0)
             attempts.append(a)
     aborted = synthetic_attempt(rng)
     aborted.policy_kind, aborted.policy_version, aborted.outcome = "cem", 1, "aborted"
-    with Store(StoreConfig(root=tmp_path, min_free_bytes=0)) as store:
+    with Store(StoreConfig(root=root, min_free_bytes=0)) as store:
         store.append([(a, encode(a)) for a in attempts + [aborted]])
-    reader = StoreReader(tmp_path)
+    return StoreReader(root)
+
+
+def test_a_version_grasping_less_than_exploration_is_flagged(tmp_path):
+    """The publish rule's fleet evidence, counted from a real store's index."""
+    reader = fleet_evidence_store(tmp_path)
     record = fleet_record(reader, 1)
     assert (record.learned_attempts, record.learned_successes) == (60, 3)  # aborted left out
     assert (record.exploration_attempts, record.exploration_successes) == (60, 15)
@@ -136,6 +145,37 @@ def test_a_version_grasping_less_than_exploration_is_flagged(tmp_path):
     assert losing_to_exploration(reader, 1, min_attempts=61) is None  # too little evidence
     assert losing_to_exploration(reader, 1, min_attempts=0) is None  # rule off
     assert losing_to_exploration(reader, 2, min_attempts=50) is None  # 0.50 beats 0.25
+
+
+def test_policy_list_shows_each_versions_fleet_record(tmp_path, capsys):
+    """`fleet policy list --store`: what an operator reads before pinning, per version."""
+    reader = fleet_evidence_store(tmp_path / "store")
+    records = version_records(reader)
+    assert sorted(records) == [0, 1, 2]
+    v1, v2 = records[1], records[2]
+    assert (v1.learned_attempts, v1.learned_successes, v1.median_steps) == (60, 3, 2.0)
+    assert (v1.exploration_attempts, v1.exploration_successes) == (30, 8)  # its own hours
+    assert v1.median_close_z == pytest.approx(0.28) and v2.median_close_z == pytest.approx(0.02)
+    assert (v2.learned_attempts, v2.exploration_attempts, v2.median_steps) == (60, 0, 6.0)
+    assert (records[0].learned_attempts, records[0].exploration_attempts) == (0, 30)
+
+    policies = tmp_path / "policies"
+    for version in (1, 2, 3):
+        save_bundle(policies / f"v{version}", GraspSuccessNet(), version=version)
+    code = cli_main(["policy", "list", "--policies", str(policies),
+                     "--store", str(tmp_path / "store")])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = {int(line.split()[0]): line.split() for line in out.splitlines()
+            if line.split() and line.split()[0].isdigit()}
+    assert rows[1][3:8] == ["60", "0.05", "0.27", "2", "0.280"]
+    assert "BELOW-EXPLORATION" in rows[1]  # 0.05 against 0.25 over 60 each: the rule's evidence
+    assert rows[2][3:8] == ["60", "0.50", "-", "6", "0.020"]
+    assert "BELOW-EXPLORATION" not in rows[2]
+    assert rows[3][3:8] == ["0", "-", "-", "-", "-"]  # published, never ran
+    assert "before any policy: 30 exploration attempts, success 0.23" in out
+    with pytest.raises(SystemExit, match="no attempts/ directory"):
+        cli_main(["policy", "list", "--policies", str(policies), "--store", str(tmp_path)])
 
 
 @pytest.mark.timeout(90)

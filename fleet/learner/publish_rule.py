@@ -11,6 +11,9 @@ minutes, because its own failures filled the validation set with easy negatives 
 beat its loss there. The store already says how each version does on the robots, so a version whose
 learned attempts succeed less often than the exploration attempts (the same robots, scenes from the
 same distribution) is replaced by the next candidate whatever the loss says.
+
+`version_records` is the same evidence for every version at once, with where each version's
+attempts closed: what `fleet policy list --store` shows an operator choosing a version to pin.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -58,6 +62,58 @@ def fleet_record(reader: StoreReader, version: int) -> FleetRecord:
         return int(pc.sum(pc.cast(x["label"], "int64")).as_py() or 0)
 
     return FleetRecord(learned.num_rows, successes(learned), explore.num_rows, successes(explore))
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """How one policy version did on the robots, as an operator reads it before pinning: its
+    learned attempts' success, and where they closed (a version that closes at once, high above
+    the tray, scores well on validation loss and grasps nothing: docs/RESULTS.md, run 6)."""
+
+    version: int
+    learned_attempts: int
+    learned_successes: int
+    #: exploration attempts run while this version was in service (the same robots and hours)
+    exploration_attempts: int
+    exploration_successes: int
+    #: median steps of its learned attempts (the last one closes), NaN without any
+    median_steps: float
+    #: median height of the tool point where its learned attempts closed, m, NaN without any
+    median_close_z: float
+
+    @property
+    def learned_rate(self) -> float:
+        return self.learned_successes / max(self.learned_attempts, 1)
+
+    @property
+    def exploration_rate(self) -> float:
+        return self.exploration_successes / max(self.exploration_attempts, 1)
+
+
+def version_records(reader: StoreReader) -> dict[int, VersionRecord]:
+    """Per policy version (0: before any network), from the attempt index's labelled
+    attempts; learned and exploration split as in fleet_record."""
+    t = reader.attempts().select(["policy_kind", "policy_version", "label", "num_steps",
+                                  "final_pose"])
+    t = t.filter(pc.is_valid(t["label"]))
+    versions = t["policy_version"].to_numpy()
+    exploring = pc.is_in(t["policy_kind"],
+                         value_set=pa.array(sorted(EXPLORATION_KINDS))).to_numpy(
+                             zero_copy_only=False)
+    labels = t["label"].to_numpy(zero_copy_only=False).astype(bool)
+    steps = t["num_steps"].to_numpy().astype(float)
+    poses = t["final_pose"].combine_chunks().flatten().to_numpy().reshape(-1, 7) \
+        if t.num_rows else np.zeros((0, 7))
+    records = {}
+    for v in sorted(set(versions.tolist())):
+        mine = versions == v
+        learned, explore = mine & ~exploring, mine & exploring
+        records[v] = VersionRecord(
+            int(v), int(learned.sum()), int(labels[learned].sum()), int(explore.sum()),
+            int(labels[explore].sum()),
+            float(np.median(steps[learned])) if learned.any() else math.nan,
+            float(np.median(poses[learned, 2])) if learned.any() else math.nan)
+    return records
 
 
 def losing_to_exploration(reader: StoreReader, version: int, min_attempts: int) -> Optional[str]:
