@@ -159,8 +159,8 @@ _FLEET_HEADER = f"{'fleet':>6} {'success':>7} {'explore':>7} {'steps':>5} {'clos
 
 def _fleet_records(store: Path) -> tuple[dict, set]:
     """(VersionRecord by version, the versions the learner's publish rule counts as losing
-    to exploration: fleet.learner.publish_rule.losing_to_exploration, its default evidence)."""
-    from fleet.learner.publish_rule import (PublishSettings, losing_to_exploration,
+    to exploration, with its default evidence: fleet.learner.publish_rule.losing)."""
+    from fleet.learner.publish_rule import (PublishSettings, in_service_record, losing,
                                             version_records)
     from fleet.store.reader import StoreReader
 
@@ -171,7 +171,8 @@ def _fleet_records(store: Path) -> tuple[dict, set]:
     try:
         records = version_records(reader)
         after = PublishSettings().replace_losing_after
-        return records, {v for v in records if losing_to_exploration(reader, v, after)}
+        return records, {v for v in records
+                         if losing(in_service_record(records, v), v, after)}
     finally:
         reader.close()
 

@@ -48,51 +48,24 @@ class FleetRecord:
         return self.exploration_successes / max(self.exploration_attempts, 1)
 
 
-def fleet_record(reader: StoreReader, version: int) -> FleetRecord:
-    """Counts from the store's attempt index (aborted attempts have no label and are left out).
-    Learned attempts are those of `version` run by a network, whatever its method (each
-    records its own kind): any kind that is not an exploration kind."""
-    t = reader.attempts().select(["policy_kind", "policy_version", "label"])
-    t = t.filter(pc.is_valid(t["label"]))
-    exploring = pc.is_in(t["policy_kind"], value_set=pa.array(sorted(EXPLORATION_KINDS)))
-    learned = t.filter(pc.and_(pc.invert(exploring), pc.equal(t["policy_version"], version)))
-    explore = t.filter(exploring)
-
-    def successes(x) -> int:
-        return int(pc.sum(pc.cast(x["label"], "int64")).as_py() or 0)
-
-    return FleetRecord(learned.num_rows, successes(learned), explore.num_rows, successes(explore))
-
-
 @dataclass(frozen=True)
-class VersionRecord:
+class VersionRecord(FleetRecord):
     """How one policy version did on the robots, as an operator reads it before pinning: its
     learned attempts' success, and where they closed (a version that closes at once, high above
-    the tray, scores well on validation loss and grasps nothing: docs/RESULTS.md, run 6)."""
+    the tray, scores well on validation loss and grasps nothing: docs/RESULTS.md, run 6). Here
+    the exploration counts are those run while this version was in service."""
 
     version: int
-    learned_attempts: int
-    learned_successes: int
-    #: exploration attempts run while this version was in service (the same robots and hours)
-    exploration_attempts: int
-    exploration_successes: int
     #: median steps of its learned attempts (the last one closes), NaN without any
     median_steps: float
     #: median height of the tool point where its learned attempts closed, m, NaN without any
     median_close_z: float
 
-    @property
-    def learned_rate(self) -> float:
-        return self.learned_successes / max(self.learned_attempts, 1)
-
-    @property
-    def exploration_rate(self) -> float:
-        return self.exploration_successes / max(self.exploration_attempts, 1)
-
 
 def version_records(reader: StoreReader) -> dict[int, VersionRecord]:
-    """Per policy version (0: before any network), from the attempt index's labelled
-    attempts; learned and exploration split as in fleet_record."""
+    """Per policy version (0: before any network), from the store's attempt index (aborted
+    attempts have no label and are left out). Learned attempts are those run by a network,
+    whatever its method (each records its own kind): any kind that is not an exploration kind."""
     t = reader.attempts().select(["policy_kind", "policy_version", "label", "num_steps",
                                   "final_pose"])
     t = t.filter(pc.is_valid(t["label"]))
@@ -109,20 +82,35 @@ def version_records(reader: StoreReader) -> dict[int, VersionRecord]:
         mine = versions == v
         learned, explore = mine & ~exploring, mine & exploring
         records[v] = VersionRecord(
-            int(v), int(learned.sum()), int(labels[learned].sum()), int(explore.sum()),
-            int(labels[explore].sum()),
-            float(np.median(steps[learned])) if learned.any() else math.nan,
-            float(np.median(poses[learned, 2])) if learned.any() else math.nan)
+            learned_attempts=int(learned.sum()), learned_successes=int(labels[learned].sum()),
+            exploration_attempts=int(explore.sum()),
+            exploration_successes=int(labels[explore].sum()), version=int(v),
+            median_steps=float(np.median(steps[learned])) if learned.any() else math.nan,
+            median_close_z=float(np.median(poses[learned, 2])) if learned.any() else math.nan)
     return records
 
 
-def losing_to_exploration(reader: StoreReader, version: int, min_attempts: int) -> Optional[str]:
+def in_service_record(records: dict[int, VersionRecord], version: int) -> FleetRecord:
+    """What the rule weighs for `version`: its learned attempts against exploration's of all
+    versions (more evidence than the hours it served)."""
+    mine = records.get(version)
+    return FleetRecord(mine.learned_attempts if mine else 0,
+                       mine.learned_successes if mine else 0,
+                       sum(r.exploration_attempts for r in records.values()),
+                       sum(r.exploration_successes for r in records.values()))
+
+
+def fleet_record(reader: StoreReader, version: int) -> FleetRecord:
+    """in_service_record of the store as it is now."""
+    return in_service_record(version_records(reader), version)
+
+
+def losing(r: FleetRecord, version: int, min_attempts: int) -> Optional[str]:
     """Why version `version` should be replaced (or None): over at least `min_attempts` labelled
     attempts of each, its learned attempts succeed less often than exploration's.
     min_attempts <= 0 turns the rule off."""
     if min_attempts <= 0 or version <= 0:
         return None
-    r = fleet_record(reader, version)
     if r.learned_attempts < min_attempts or r.exploration_attempts < min_attempts:
         return None
     if r.learned_rate >= r.exploration_rate:
@@ -130,6 +118,13 @@ def losing_to_exploration(reader: StoreReader, version: int, min_attempts: int) 
     return (f"v{version} grasped {r.learned_successes}/{r.learned_attempts} "
             f"({r.learned_rate:.2f}) of its fleet attempts, exploration "
             f"{r.exploration_successes}/{r.exploration_attempts} ({r.exploration_rate:.2f})")
+
+
+def losing_to_exploration(reader: StoreReader, version: int, min_attempts: int) -> Optional[str]:
+    """`losing` on the store as it is now (reads the index only when the rule is on)."""
+    if min_attempts <= 0 or version <= 0:
+        return None
+    return losing(fleet_record(reader, version), version, min_attempts)
 
 
 @dataclass(frozen=True)
