@@ -99,8 +99,10 @@ class NodeConfig:
     exploration_share: float = _p(0.2, "Share of attempts run with the exploration policy once "
                                        "a network exists (always 1 before).")
     exploration_policy: str = _p("random_descent", "Exploration policy: 'random', "
-                                 "'random_descent', 'aimed_descent' (at a colourful blob of "
-                                 "I_0) or 'package.module:Class'.")
+                                 "'random_descent', 'any_height_descent' (random_descent "
+                                 "closing at a random height in 30% of attempts), "
+                                 "'aimed_descent' (at a colourful blob of I_0) or "
+                                 "'package.module:Class'.")
     exploration_max_step: float = _p(0.05, "Largest translation per axis of one exploration "
                                            "step, m (random and random_descent).")
     cem_samples: int = _p(64, "CEM samples per iteration.")

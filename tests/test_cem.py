@@ -188,6 +188,28 @@ def test_random_descent_reaches_the_floor_at_its_target_and_closes():
     assert len({tuple(np.round(t, 4)) for t in targets}) == 5  # a new spot every attempt
 
 
+def test_any_height_descent_closes_in_the_air_in_its_share_of_attempts():
+    from fleet.policy.exploration import AnyHeightDescentPolicy, DescentConfig
+    policy = AnyHeightDescentPolicy()
+    assert policy.config.any_height_share == AnyHeightDescentPolicy.DEFAULT_SHARE
+    heights = []
+    for seed in range(200):
+        path, decisions = _run(policy, (0.6, 0.0, 0.3), max_steps=20, seed=seed)
+        # it closes where it aimed, once, and never above where it started
+        assert decisions[-1].close and not any(d.close for d in decisions[:-1])
+        np.testing.assert_allclose(path[-1], policy.target, atol=0.005)
+        heights.append(path[-1][2])
+    heights = np.array(heights)
+    in_air = heights > 0.01
+    assert 0.2 < in_air.mean() < 0.4  # the default 30% share
+    assert heights.max() <= 0.3 + 1e-9 and np.ptp(heights[in_air]) > 0.15  # spread over 0-0.3 m
+    # plain random descent never closes in the air, and the share is checked
+    assert all(_run(RandomDescentPolicy(), (0.6, 0.0, 0.3), 20, s)[0][-1][2] < 0.01
+               for s in range(20))
+    with pytest.raises(ValueError, match="any_height_share"):
+        DescentConfig(any_height_share=1.5)
+
+
 def test_random_policy_stays_bounded_and_closes_at_the_end():
     path, decisions = _run(RandomPolicy(), (0.6, 0.0, 0.3), max_steps=15)
     assert decisions[-1].close and len(decisions) == 15

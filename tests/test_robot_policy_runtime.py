@@ -94,7 +94,8 @@ def test_exploration_by_name_or_import_path():
     # the store tells the two scripted explorations apart, and the learner counts both as
     # exploration (its publish rule) and `fleet eval` takes either as a baseline
     assert aimed.kind != make_exploration("random_descent").kind
-    assert {"random", "scripted", "aimed"} == EXPLORATION_KINDS
+    assert make_exploration("any_height_descent").kind == "scripted_any_height"
+    assert {"random", "scripted", "aimed", "scripted_any_height"} == EXPLORATION_KINDS
     with pytest.raises(ConfigError, match="exploration_policy"):
         make_exploration("teleport")
     with pytest.raises(ConfigError, match="cannot be imported"):

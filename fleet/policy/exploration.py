@@ -8,7 +8,7 @@ exploring for a configurable share of attempts once a network is in charge.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -58,7 +58,16 @@ class DescentConfig:
     xy_fraction: float = 0.4
     #: Close as soon as the tool point is this close to the target, m.
     arrive_tolerance: float = 0.004
+    #: Share of attempts that close at a uniform random height between the floor and the
+    #: height the attempt started at, instead of at the floor. Closes above the objects fail;
+    #: without them a Q-learner never sees a close in the air and may score one as highly as
+    #: a close on the floor (qtopt run 6 closed at the start height for five versions).
+    any_height_share: float = 0.0
     limits: StepLimits = field(default_factory=StepLimits)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.any_height_share <= 1.0:
+            raise ValueError(f"any_height_share must be in [0, 1], got {self.any_height_share}")
 
 
 class RandomDescentPolicy(Policy):
@@ -89,6 +98,8 @@ class RandomDescentPolicy(Policy):
         margin = np.minimum(cfg.xy_margin, (hi[:2] - lo[:2]) / 2)
         xy = self._rng.uniform(lo[:2] + margin, hi[:2] - margin)
         z = min(lo[2] + cfg.floor_offset, hi[2])
+        if cfg.any_height_share > 0.0 and self._rng.random() < cfg.any_height_share:
+            z = self._rng.uniform(z, max(z, min(float(obs.position[2]), hi[2])))
         return np.array([xy[0], xy[1], z])
 
     def decide(self, obs: Observation) -> Decision:
@@ -130,6 +141,23 @@ class AimConfig:
     blob_centre: bool = True
     #: ... and turn the fingers to close across the blob's narrow side (else a random yaw).
     align_yaw: bool = True
+
+
+class AnyHeightDescentPolicy(RandomDescentPolicy):
+    """Random descent that, in a share of attempts, closes at a random height on the way down
+    (DescentConfig.any_height_share): exploration for a closed-loop Q-learner, which must learn
+    that closing above the objects fails. Its attempts record their own kind."""
+
+    kind = "scripted_any_height"
+
+    #: Share of attempts closing at a random height when the config leaves it at 0.
+    DEFAULT_SHARE = 0.3
+
+    def __init__(self, config: Optional[DescentConfig] = None) -> None:
+        config = config or DescentConfig()
+        if config.any_height_share == 0.0:
+            config = replace(config, any_height_share=self.DEFAULT_SHARE)
+        super().__init__(config)
 
 
 class AimedDescentPolicy(RandomDescentPolicy):
@@ -260,6 +288,10 @@ EXPLORATIONS: dict[str, Exploration] = {e.name: e for e in (
     Exploration("random", RandomPolicy.kind, lambda limits: RandomPolicy(limits)),
     Exploration("random_descent", RandomDescentPolicy.kind,
                 lambda limits: RandomDescentPolicy(DescentConfig(limits=limits))),
+    # random_descent that closes at a random height in 30% of attempts (qtopt's exploration:
+    # grounds Q(close) in the air)
+    Exploration("any_height_descent", AnyHeightDescentPolicy.kind,
+                lambda limits: AnyHeightDescentPolicy(DescentConfig(limits=limits))),
     # aims at a colourful blob of I_0 (the default camera's calibration), centred, fingers
     # across its narrow side: a scripted grasp that needs no privileged knowledge
     Exploration("aimed_descent", AimedDescentPolicy.kind,
@@ -271,7 +303,8 @@ EXPLORATION_KINDS: frozenset[str] = frozenset(e.kind for e in EXPLORATIONS.value
 
 
 def exploration_by_kind(kind: str) -> Exploration:
-    """The exploration policy whose attempts record `kind` ("random", "scripted", "aimed")."""
+    """The exploration policy whose attempts record `kind` ("random", "scripted", "aimed",
+    "scripted_any_height")."""
     for e in EXPLORATIONS.values():
         if e.kind == kind:
             return e
