@@ -38,7 +38,7 @@ from curve_report import headline, plot, source_commit, table  # noqa: E402
 from fleet.policy.folder import read_pointer  # noqa: E402
 from fleet.evaluation.evaluate import EvalConfig, evaluate  # noqa: E402
 from fleet.ops.plan import CONFIG_DIR  # noqa: E402
-from fleet.ops.sim_fleet import SimFleetConfig, children  # noqa: E402
+from fleet.ops.sim_fleet import SimFleetConfig, children, robot_params  # noqa: E402
 from fleet.ops.supervisor import Supervisor, SupervisorConfig  # noqa: E402
 
 log = logging.getLogger("learning_run")
@@ -74,6 +74,8 @@ class RunConfig:
     learner_workers: int = 1  # learner --workers (qtopt: Bellman updater processes)
     learner_step_cost: Optional[float] = None  # learner --step-cost (qtopt); None: its default
     exploration_policy: str = ""  # robot_node exploration_policy; "": config/robot_node.yaml's
+    # other robot_node parameters for the fleet's arms (--robot-param NAME=VALUE, as fleet sim)
+    robot_params: dict = field(default_factory=dict)
     # objects per tray, for the fleet and for evaluation: 5 (config/arms.yaml's) or 15, the
     # clutter benchmark (success = any object lifted, as the sim labels every attempt)
     num_objects: int = 5
@@ -155,7 +157,8 @@ def eval_config(cfg: RunConfig, out: Path, policies: list[Path], attempts: int,
                 baselines: tuple[str, ...] = ()) -> EvalConfig:
     return EvalConfig(policies=policies, out=out, attempts=attempts, arms=cfg.eval_arms,
                       baselines=baselines, seed=cfg.seed, timeout_s=cfg.eval_timeout_s,
-                      ros_domain_id=cfg.eval_ros_domain_id, num_objects=cfg.num_objects)
+                      ros_domain_id=cfg.eval_ros_domain_id, num_objects=cfg.num_objects,
+                      robot_params=cfg.robot_params)
 
 
 def measure(cfg: RunConfig, out: Path, policies: list[Path], attempts: int,
@@ -224,7 +227,8 @@ def collect(cfg: RunConfig) -> tuple[list[Point], Clock, dict[str, int]]:
                            learner_q_view=cfg.learner_q_view,
                            learner_workers=cfg.learner_workers,
                            learner_step_cost=cfg.learner_step_cost,
-                           exploration_policy=cfg.exploration_policy or None)
+                           exploration_policy=cfg.exploration_policy or None,
+                           robot_params=cfg.robot_params)
     sup = Supervisor(children(fleet), SupervisorConfig(log_dir=cfg.data_dir / "logs"))
     clock, points, attempts = Clock(), [], 0
     next_attempts, next_s = cfg.checkpoint_attempts, cfg.checkpoint_minutes * 60
@@ -347,9 +351,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                        help=f"default {getattr(d, f)}")
     p.add_argument("--learner-step-cost", dest="learner_step_cost", type=float, default=None,
                    help="learner --step-cost for qtopt (default: the learner's, 0.05)")
+    p.add_argument("--robot-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a robot_node parameter for the fleet's arms (repeatable; VALUE read as "
+                        "YAML), e.g. q_close_ratio=0.8 (its evaluations run with them too)")
     p.add_argument("--fresh", action="store_true", help="delete the data dir first")
     args = p.parse_args(argv)
-    over = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "fresh")}
+    over = {k: v for k, v in vars(args).items()
+            if v is not None and k not in ("quick", "fresh", "robot_param")}
+    over["robot_params"] = robot_params(args.robot_param)
     if args.fresh:
         over["fresh"] = True
     cfg = RunConfig.quick(**over) if args.quick else RunConfig(**over)

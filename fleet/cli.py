@@ -211,12 +211,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from fleet.evaluation.evaluate import EvalConfig, evaluate
     from fleet.evaluation.plot import format_table
+    from fleet.ops.processes import robot_params
 
     cfg = EvalConfig(policies=args.policy, out=args.out, attempts=args.attempts, arms=args.arms,
                      baselines=tuple(b for b in args.baselines.split(",") if b),
                      image_size=args.image_size, max_steps=args.max_steps,
                      num_objects=args.num_objects, seed=args.seed, timeout_s=args.timeout_s,
-                     ros_domain_id=args.ros_domain_id, arms_config=args.config)
+                     ros_domain_id=args.ros_domain_id, arms_config=args.config,
+                     robot_params=robot_params(args.robot_param))
     stop = {"requested": False}
 
     def _request_stop(signum, _frame):  # the supervisor stops the arms; the report is written
@@ -249,6 +251,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                    help="camera image side, px (default: the arms plan's image_size)")
     p.add_argument("--max-steps", type=int, default=None, help="servo steps T per attempt")
     p.add_argument("--num-objects", type=int, default=None, help="objects in each tray")
+    p.add_argument("--robot-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a robot_node parameter for every policy run (repeatable; VALUE read "
+                        "as YAML), e.g. q_close_ratio=0.8 as the fleet ran it")
     p.add_argument("--seed", type=int, default=1, help="scene and policy seed (same for all)")
     p.add_argument("--timeout-s", type=float, default=600.0,
                    help="time budget per policy; a run that runs out reports what it got")

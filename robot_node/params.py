@@ -188,6 +188,15 @@ class NodeConfig:
             raise ConfigError(f"spool_max_bytes must be positive, got {self.spool_max_bytes}")
 
 
+def unknown_parameters(node: Any) -> list[str]:
+    """Names given to the node (params file, -p, overrides) that it does not declare. rclpy
+    drops them silently, so a misspelt parameter would look like its default taking effect.
+    rclpy has no public accessor for the overrides; without the attribute this finds none."""
+    given = set(getattr(node, "_parameter_overrides", {}))
+    return sorted(given - {f.name for f in fields(NodeConfig)}
+                  - {"use_sim_time", "start_type_description_service"})
+
+
 def declare_config(node: Any) -> NodeConfig:
     """Declare every NodeConfig field on `node` as a described parameter and read it back."""
     from rcl_interfaces.msg import ParameterDescriptor, ParameterType
@@ -213,6 +222,10 @@ def declare_config(node: Any) -> NodeConfig:
         if isinstance(default, list):
             value = [float(v) for v in value] if f.name.startswith(("workspace", "yaw")) else list(value)
         values[f.name] = value
+    undeclared = unknown_parameters(node)
+    if undeclared:
+        node.get_logger().warning(f"ignored unknown parameter(s) {undeclared}: robot_node has "
+                                  f"no such parameter (docs/robot-node.md lists them)")
     config = NodeConfig(**values)
     if not config.arm_id:
         config.arm_id = node.get_namespace().strip("/").replace("/", "_") or "arm"

@@ -24,18 +24,21 @@ HEADLINE = re.compile(
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("method, target, objects, offset", [
-    ("grasp_point", "0.8", 5, 0),
-    ("qtopt", "0.92", 15, 10),  # the closed-loop method, on the clutter benchmark
+@pytest.mark.parametrize("method, target, objects, offset, robot", [
+    ("grasp_point", "0.8", 5, 0, {}),
+    # the closed-loop method, on the clutter benchmark, its arms exploring as qtopt run 8's
+    ("qtopt", "0.92", 15, 10, {"exploration_policy": "any_height_descent"}),
 ])
-def test_quick_run_writes_curve_png_and_headline(tmp_path, method, target, objects, offset):
+def test_quick_run_writes_curve_png_and_headline(tmp_path, method, target, objects, offset,
+                                                 robot):
     data = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "learning_run.py"), "--quick",
          "--method", method, "--target-success", target, "--num-objects", str(objects),
          "--data", str(data), "--ros-domain-id", str(64 + offset),
          "--eval-ros-domain-id", str(65 + offset), "--port", str(5870 + offset),
-         "--metrics-port", str(5871 + offset)],
+         "--metrics-port", str(5871 + offset)]
+        + [a for k, v in robot.items() for a in ("--robot-param", f"{k}={v}")],
         cwd=ROOT, capture_output=True, text=True, timeout=140)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
@@ -48,6 +51,10 @@ def test_quick_run_writes_curve_png_and_headline(tmp_path, method, target, objec
     # which code made the curve (None only outside a git checkout)
     assert curve["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", curve["commit"])
     assert curve["config"]["num_objects"] == objects
+    assert curve["config"]["robot_params"] == robot
+    # --robot-param reached the fleet's robot_nodes: their exploration recorded its own kind
+    exploring = {k.split()[0] for k in curve["store"]} & {"scripted", "scripted_any_height"}
+    assert exploring == {"scripted_any_height" if robot else "scripted"}
     assert (f" in trays of {objects} " in last) == (objects != 5 and m.group("rate") is not None)
     if objects != 5:  # the fleet ran on a plan with the run's trays, kept beside the curve
         assert f"num_objects: {objects}" in (data / "arms.yaml").read_text()

@@ -105,3 +105,21 @@ def test_fleet_sim_passes_exploration_weight_average_and_camera(tmp_path: Path) 
     assert "--step-cost" not in two  # the learner's own default unless asked
     cheap = argv("learner", learner_method="qtopt", learner_step_cost=0.01)
     assert cheap[cheap.index("--step-cost") + 1] == "0.01"
+
+
+def test_robot_params_from_the_command_line_reach_every_robot_node(tmp_path: Path) -> None:
+    """`fleet sim --robot-param NAME=VALUE` (and learning_run's, fleet eval's): read as YAML,
+    passed to each arm's robot_node after its params file, so they win over it."""
+    from fleet.ops.sim_fleet import SimFleetConfig, children, robot_params
+
+    over = robot_params(["exploration_share=0.5", "max_steps=9", "exploration_policy=random"])
+    assert over == {"exploration_share": 0.5, "max_steps": 9, "exploration_policy": "random"}
+    arms = tmp_path / "arms.yaml"
+    arms.write_text("arms: {names: [arm1, arm2]}")
+    cfg = SimFleetConfig(arms=2, config=arms, data_dir=tmp_path / "run", robot_params=over)
+    for spec in (c for c in children(cfg) if c.name.endswith("/robot_node")):
+        args = spec.argv
+        assert "exploration_share:=0.5" in args and "max_steps:=9" in args
+        assert args.index("max_steps:=9") > args.index("--params-file")
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        robot_params(["exploration_share"])

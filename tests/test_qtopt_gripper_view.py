@@ -83,3 +83,38 @@ def test_a_mirrored_patch_is_the_patch_of_the_gripper_turned_half_a_turn():
     cpu = torch.device("cpu")
     assert QTOptLearner(cfg, QLearningOptions(), 1e-3, 0.0, cpu).mirror
     assert not QTOptLearner(QNetConfig(), QLearningOptions(), 1e-3, 0.0, cpu).mirror
+
+
+def test_relative_height_makes_a_close_in_the_air_look_different_from_one_at_the_floor():
+    """With relative_height the patch's height channel is the surface's height minus the
+    gripper's: the same x, y at 0.3 m and at 0.02 m give the convs different inputs (the height
+    channel shifted by exactly the height difference, the colours the same). Without it the
+    convs see the same patch and only the scalar height differs."""
+    size = 64
+    image = torch.rand(1, 3, size, size)
+    depth = torch.rand(1, 1, size, size) + 0.5
+    close = encode_actions(np.array([[0.0, 0.0, 0.0, 0.0, 1]]), 0.05)
+    for relative in (False, True):
+        cfg = GripperQConfig(image_height=size, image_width=size, use_depth=True,
+                             relative_height=relative)
+        net = build_network(cfg.to_dict()).eval()
+        assert net.config.relative_height is relative
+        seen = []
+        hook = net.trunk.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
+        with torch.no_grad():
+            features = net.image_features(image, depth)
+            for z in (0.3, 0.02):
+                net.score_features(features, encode_states(
+                    [0.08], [top_down_pose(0.55, 0.0, z)], cfg), close)
+        hook.remove()
+        high, low = (p.reshape(len(cfg.patch_planes), 4, cfg.patch_size, cfg.patch_size)
+                     for p in seen)
+        torch.testing.assert_close(high[:, :3], low[:, :3])  # the colours: the same place
+        if relative:
+            shift = (0.3 - 0.02) / cfg.height_scale
+            torch.testing.assert_close(low[:, 3] - high[:, 3], torch.full_like(low[:, 3], shift),
+                                       atol=1e-5, rtol=0)
+        else:
+            torch.testing.assert_close(high, low)
+    with pytest.raises(ValueError, match="relative_height needs use_depth"):
+        GripperQConfig(relative_height=True)

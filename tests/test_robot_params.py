@@ -9,7 +9,7 @@ import pytest
 import rclpy
 import yaml
 
-from robot_node.params import ConfigError, NodeConfig, declare_config
+from robot_node.params import ConfigError, NodeConfig, declare_config, unknown_parameters
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "robot_node.yaml"
 
@@ -26,8 +26,11 @@ def _node(namespace: str = "/arm3", overrides=()):
 
 def test_every_field_is_a_described_parameter_and_overrides_apply():
     ctx, node = _node(overrides=[("max_steps", 7), ("lift_height", 1),
-                                 ("workspace_min", [0.45, -0.1, 0.05])])
+                                 ("workspace_min", [0.45, -0.1, 0.05]), ("max_stpes", 3),
+                                 ("use_sim_time", True)])
     try:
+        # a misspelt name is reported (rclpy itself drops it), the ROS-defined ones are not
+        assert unknown_parameters(node) == ["max_stpes"]
         config = declare_config(node)
         assert config.arm_id == "arm3"  # from the namespace
         assert config.max_steps == 7 and config.lift_height == 1.0

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -70,6 +70,9 @@ class EvalConfig:
     ros_domain_id: int = 78
     arms_config: Path = CONFIG_DIR / "arms.yaml"
     poll_s: float = 0.5
+    # robot_node parameters for every run (fleet eval --robot-param), e.g. the q_close_ratio
+    # the fleet ran with: a policy is its network and these
+    robot_params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.image_size is None:
@@ -231,7 +234,7 @@ def children(cfg: EvalConfig, run: PolicyRun, run_dir: Path) -> list[ChildSpec]:
     arms = [replace(a, split="test", image_size=cfg.image_size, seed=cfg.seed + i,
                     num_objects=cfg.num_objects or a.num_objects) for i, a in enumerate(arms)]
     robot = {"image_width": cfg.image_size, "image_height": cfg.image_size,
-             "server_address": "", **run.robot_params()}
+             "server_address": "", **cfg.robot_params, **run.robot_params()}
     if cfg.max_steps is not None:
         robot["max_steps"] = cfg.max_steps
     env = ros_env(cfg.ros_domain_id)

@@ -12,9 +12,11 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+import yaml
 
 from fleet.registry import DEFAULT_METHOD
 from fleet.ops.plan import (CONFIG_DIR, ArmSpec, camera_flags, fleet_camera, fleet_depth,
@@ -52,6 +54,21 @@ class SimFleetConfig:
     learner_step_cost: Optional[float] = None
     # robot_node exploration_policy (e.g. aimed_descent); None: config/robot_node.yaml's
     exploration_policy: Optional[str] = None
+    # any other robot_node parameters, over config/robot_node.yaml's (fleet sim --robot-param)
+    robot_params: dict[str, Any] = field(default_factory=dict)
+
+
+def robot_params(pairs: list[str]) -> dict[str, Any]:
+    """`NAME=VALUE` strings (fleet sim --robot-param) -> robot_node parameters; each VALUE is
+    read as YAML, as a params file would read it (0.8 a float, true a bool, [1, 2] a list)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--robot-param {pair!r}: expected NAME=VALUE, e.g. "
+                             f"q_close_ratio=0.8")
+        out[name.strip()] = yaml.safe_load(text)
+    return out
 
 
 def default_arm_count() -> int:
@@ -180,7 +197,7 @@ def children(cfg: SimFleetConfig) -> list[ChildSpec]:
                         robot_secret_key=keys / "secrets" / f"{arm}.key_secret")
 
     return out + arm_children(arms, files, server_endpoints(cfg)[1], ros_env(cfg.ros_domain_id),
-                              cfg.exploration_policy)
+                              cfg.exploration_policy, extra_robot_params=cfg.robot_params)
 
 
 def stop_on_signals() -> Callable[[], bool]:

@@ -31,7 +31,8 @@ from fleet.registry import DEFAULT_METHOD, method_names, methods
 from fleet.ops.plan import CONFIG_DIR
 # SimFleetConfig, children, ros_env, ensure_keys: imported from here by benchmarks, fleet eval
 from fleet.ops.processes import (SimFleetConfig, children, default_arm_count,  # noqa: F401
-                                 ensure_keys, print_banner, ros_env, stop_on_signals)
+                                 ensure_keys, print_banner, robot_params, ros_env,
+                                 stop_on_signals)
 from fleet.ops.supervisor import Supervisor, SupervisorConfig
 
 log = logging.getLogger("fleet.sim")
@@ -74,6 +75,7 @@ def _cmd_sim(args) -> int:
                          learner_workers=args.learner_workers,
                          learner_step_cost=args.learner_step_cost,
                          exploration_policy=args.exploration_policy,
+                         robot_params=robot_params(args.robot_param),
                          metrics_port=args.metrics_port or None,
                          dashboard_port=args.dashboard_port or None)
     if args.ray is None:
@@ -152,6 +154,9 @@ def add_sim(sub) -> None:
     p.add_argument("--exploration-policy", default=None,
                    help="the robots' exploration policy: random_descent, aimed_descent, random "
                         "or package.module:Class (default: config/robot_node.yaml's)")
+    p.add_argument("--robot-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a robot_node parameter for every arm, over config/robot_node.yaml's "
+                        "(repeatable; VALUE is read as YAML), e.g. q_close_ratio=0.8")
     p.add_argument("--learner-ema-decay", type=float, default=0.0,
                    help="learner --ema-decay: publish a moving average of the weights with this "
                         "decay per step (0: the latest weights)")

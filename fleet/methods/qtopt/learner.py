@@ -273,7 +273,7 @@ def make_learner(config, device: torch.device) -> QTOptLearner:
         network: Union[QNetConfig, GripperQConfig] = GripperQConfig(
             image_height=size, image_width=size, camera_eye=tuple(config.camera_eye),
             camera_target=tuple(config.camera_target), camera_fov_deg=config.camera_fov_deg,
-            use_depth=config.depth, regrasp=config.regrasp)
+            use_depth=config.depth, relative_height=config.depth, regrasp=config.regrasp)
     else:
         network = QNetConfig(image_height=size, image_width=size, use_depth=config.depth,
                              regrasp=config.regrasp, input_pool=input_pool_for(size))
