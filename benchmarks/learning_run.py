@@ -193,8 +193,9 @@ def checkpoint(cfg: RunConfig, sup: Supervisor, clock: Clock, attempts: int,
         clock.paused_s += time.monotonic() - paused_at
     point = Point(attempts, hours, wall_hours, version, r["trained_on_attempts"], r["rate"],
                   tuple(r["ci95"]), r["attempts"], r["wall_s"])
-    log.info("checkpoint at %d attempts, %.2f h: v%d success %s (n=%d)", attempts, hours,
-             version, r["rate"], r["attempts"])
+    rate = "n/a" if r["rate"] is None else "%.2f (%.2f-%.2f)" % (r["rate"], *r["ci95"])
+    log.info("checkpoint at %d attempts, %.2f h: v%d success %s, n=%d", attempts, hours,
+             version, rate, r["attempts"])
     return point
 
 
@@ -353,7 +354,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="learner --step-cost for qtopt (default: the learner's, 0.05)")
     p.add_argument("--robot-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a robot_node parameter for the fleet's arms (repeatable; VALUE read as "
-                        "YAML), e.g. q_close_ratio=0.8 (its evaluations run with them too)")
+                        "YAML), e.g. cem_samples=128 (its evaluations run with them too)")
     p.add_argument("--fresh", action="store_true", help="delete the data dir first")
     args = p.parse_args(argv)
     over = {k: v for k, v in vars(args).items()

@@ -253,7 +253,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-objects", type=int, default=None, help="objects in each tray")
     p.add_argument("--robot-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a robot_node parameter for every policy run (repeatable; VALUE read "
-                        "as YAML), e.g. q_close_ratio=0.8 as the fleet ran it")
+                        "as YAML), e.g. cem_samples=128 as the fleet ran it")
     p.add_argument("--seed", type=int, default=1, help="scene and policy seed (same for all)")
     p.add_argument("--timeout-s", type=float, default=600.0,
                    help="time budget per policy; a run that runs out reports what it got")

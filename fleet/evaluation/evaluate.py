@@ -70,8 +70,9 @@ class EvalConfig:
     ros_domain_id: int = 78
     arms_config: Path = CONFIG_DIR / "arms.yaml"
     poll_s: float = 0.5
-    # robot_node parameters for every run (fleet eval --robot-param), e.g. the q_close_ratio
-    # the fleet ran with: a policy is its network and these
+    # robot_node parameters for every run (fleet eval --robot-param), e.g. the cem_samples the
+    # fleet ran with: a policy is its network and these (each run's own bundle, exploration
+    # and share still win)
     robot_params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

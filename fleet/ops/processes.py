@@ -66,7 +66,7 @@ def robot_params(pairs: list[str]) -> dict[str, Any]:
         name, sep, text = pair.partition("=")
         if not sep or not name.strip():
             raise SystemExit(f"--robot-param {pair!r}: expected NAME=VALUE, e.g. "
-                             f"q_close_ratio=0.8")
+                             f"exploration_share=0.3")
         out[name.strip()] = yaml.safe_load(text)
     return out
 

@@ -152,11 +152,12 @@ def add_sim(sub) -> None:
                    help="learner replay ratio: training samples per labelled attempt stored, "
                         "beyond which it waits for the fleet (0: no cap)")
     p.add_argument("--exploration-policy", default=None,
-                   help="the robots' exploration policy: random_descent, aimed_descent, random "
-                        "or package.module:Class (default: config/robot_node.yaml's)")
+                   help="the robots' exploration policy: random_descent, any_height_descent, "
+                        "aimed_descent, random or package.module:Class (default: "
+                        "config/robot_node.yaml's)")
     p.add_argument("--robot-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a robot_node parameter for every arm, over config/robot_node.yaml's "
-                        "(repeatable; VALUE is read as YAML), e.g. q_close_ratio=0.8")
+                        "(repeatable; VALUE is read as YAML), e.g. exploration_share=0.3")
     p.add_argument("--learner-ema-decay", type=float, default=0.0,
                    help="learner --ema-decay: publish a moving average of the weights with this "
                         "decay per step (0: the latest weights)")
