@@ -8,7 +8,7 @@ exploring for a configurable share of attempts once a network is in charge.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -150,14 +150,11 @@ class AnyHeightDescentPolicy(RandomDescentPolicy):
 
     kind = "scripted_any_height"
 
-    #: Share of attempts closing at a random height when the config leaves it at 0.
+    #: Share of attempts closing at a random height (robot_node's any_height_descent).
     DEFAULT_SHARE = 0.3
 
     def __init__(self, config: Optional[DescentConfig] = None) -> None:
-        config = config or DescentConfig()
-        if config.any_height_share == 0.0:
-            config = replace(config, any_height_share=self.DEFAULT_SHARE)
-        super().__init__(config)
+        super().__init__(config or DescentConfig(any_height_share=self.DEFAULT_SHARE))
 
 
 class AimedDescentPolicy(RandomDescentPolicy):
@@ -291,7 +288,8 @@ EXPLORATIONS: dict[str, Exploration] = {e.name: e for e in (
     # random_descent that closes at a random height in 30% of attempts (qtopt's exploration:
     # grounds Q(close) in the air)
     Exploration("any_height_descent", AnyHeightDescentPolicy.kind,
-                lambda limits: AnyHeightDescentPolicy(DescentConfig(limits=limits))),
+                lambda limits: AnyHeightDescentPolicy(DescentConfig(
+                    limits=limits, any_height_share=AnyHeightDescentPolicy.DEFAULT_SHARE))),
     # aims at a colourful blob of I_0 (the default camera's calibration), centred, fingers
     # across its narrow side: a scripted grasp that needs no privileged knowledge
     Exploration("aimed_descent", AimedDescentPolicy.kind,
